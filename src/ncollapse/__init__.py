@@ -1,0 +1,14 @@
+"""ncollapse: measure, train into, visualise and explain neural collapse."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ncollapse")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from ncollapse.metrics import NCAccumulator, NCMetrics, measure  # noqa: E402
+
+__all__ = ["NCAccumulator", "NCMetrics", "measure", "__version__"]

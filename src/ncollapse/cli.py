@@ -1,0 +1,49 @@
+"""The ``ncollapse`` command line: one subcommand per module in :mod:`ncollapse.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ncollapse import __version__
+
+# Each module ncollapse.commands.<name> defines ``register(subparsers)``, which adds its parser
+# and sets ``func=run`` (a callable taking the parsed namespace and returning an exit code).
+COMMANDS = ("measure", "train", "plot", "animate", "report", "demo", "theory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="ncollapse",
+        description="Measure, train into, visualise and explain neural collapse.",
+    )
+    parser.add_argument("--version", action="version", version=f"ncollapse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"ncollapse.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # User errors: one clear line, no traceback.
+        print(f"ncollapse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ncollapse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ncollapse`` CLI, one module each (see :mod:`ncollapse.cli`)."""

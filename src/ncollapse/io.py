@@ -1,0 +1,99 @@
+"""Atomic file writes and safe loads: nothing half-written, nothing unpickled."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PathLike = str | os.PathLike
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    """Atomically write ``obj`` as JSON (NaN/Inf written as null)."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=indent, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Atomically write one JSON object per line."""
+    text = "".join(json.dumps(_finite(dict(r))) + "\n" for r in rows)
+    atomic_write_text(path, text)
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; a truncated last line (from a crash) is ignored."""
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {k + 1} is not valid JSON") from None
+    return rows
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a ``.pt`` file holding only tensors and plain containers (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError subclasses with long texts
+        raise ValueError(
+            f"{path}: cannot be loaded safely ({type(exc).__name__}). Only files of tensors, "
+            "numbers, strings, lists and dicts are accepted; re-save it with "
+            "torch.save({'features': ..., 'labels': ...})."
+        ) from exc
+
+
+def _finite(obj: Any) -> Any:
+    """Replace non-finite floats by None so the output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
