@@ -1,0 +1,27 @@
+"""Theory lab: the last layers in isolation, each result checked against its closed form.
+
+Submodules: :mod:`~ncollapse.theory.ufm` (unconstrained features, CE and MSE),
+:mod:`~ncollapse.theory.layer_peeled` (norm-constrained layer-peeled model, minority collapse),
+:mod:`~ncollapse.theory.central_path` (MSE decomposition and central path),
+:mod:`~ncollapse.theory.implicit_bias` (gradient descent vs hard-margin SVM),
+:mod:`~ncollapse.theory.last_layer` (training the classifier on collapsed features).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "mse_decomposition": "ncollapse.theory.central_path",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazily import the public functions of the submodules."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ncollapse.theory' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)
