@@ -1,0 +1,123 @@
+"""MSE decomposition and central path [Han22], checked against independent float64 solves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncollapse.theory import mse_decomposition
+
+TOL = 1e-10
+
+
+def _features(rng: np.random.Generator, c: int = 4, n: int = 12, d: int = 6,
+              noise: float = 1.0, offset: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    means = rng.normal(size=(c, d)) * 3.0 + offset * rng.normal(size=d)
+    labels = np.repeat(np.arange(c), n)
+    rng.shuffle(labels)
+    return means[labels] + noise * rng.normal(size=(c * n, d)), labels
+
+
+def _ridge_lstsq(h: np.ndarray, y: np.ndarray, c: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Independent solve: min ½ mean‖W̃ x_i − e_i‖² + λ/2‖W̃‖² by np.linalg.lstsq (stacked rows)."""
+    n, d = h.shape
+    x = np.hstack([h, np.ones((n, 1))]) / np.sqrt(n)
+    t = np.eye(c)[y] / np.sqrt(n)
+    if lam > 0:
+        x = np.vstack([x, np.sqrt(lam) * np.eye(d + 1)])
+        t = np.vstack([t, np.zeros((d + 1, c))])
+    sol = np.linalg.lstsq(x, t, rcond=None)[0].T  # (C, d+1)
+    return sol[:, :d], sol[:, d]
+
+
+def _direct_loss(h, y, w, b, lam):
+    c = w.shape[0]
+    r = h @ w.T + b - np.eye(c)[y]
+    return 0.5 * np.mean(np.sum(r**2, axis=1)) + 0.5 * lam * (np.sum(w**2) + np.sum(b**2))
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-3, 0.3, 2.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identity_and_least_squares(lam: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, y = _features(rng)
+    c, d = 4, h.shape[1]
+    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
+    out = mse_decomposition(h, y, w, b, lam)
+    assert abs(out["loss"] - _direct_loss(h, y, w, b, lam)) < TOL
+    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
+    w_ls, b_ls = _ridge_lstsq(h, y, c, lam)
+    np.testing.assert_allclose(out["weight_ls"], w_ls, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out["bias_ls"], b_ls, rtol=0, atol=TOL)
+    # the least-squares loss is the minimum: nc1 + nc2_3 is the loss at W_LS
+    assert abs(out["nc1"] + out["nc2_3"] - _direct_loss(h, y, w_ls, b_ls, lam)) < TOL
+    assert out["ls_perp"] > 0
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1])
+def test_ls_perp_vanishes_on_the_central_path(lam: float) -> None:
+    rng = np.random.default_rng(5)
+    h, y = _features(rng)
+    w_ls, b_ls = _ridge_lstsq(h, y, 4, lam)
+    out = mse_decomposition(h, y, w_ls, b_ls, lam)
+    assert out["ls_perp"] < 1e-20
+    assert abs(out["nc1"] + out["nc2_3"] - out["loss"]) < TOL
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-2])
+def test_nc1_term_vanishes_as_features_collapse(lam: float) -> None:
+    rng = np.random.default_rng(7)
+    c, d = 4, 6
+    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
+    nc1 = []
+    for noise in [1e-1, 1e-2, 1e-3, 1e-4]:
+        h, y = _features(np.random.default_rng(7), c=c, d=d, noise=noise)
+        out = mse_decomposition(h, y, w, b, lam)
+        assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
+        assert abs(out["loss"] - _direct_loss(h, y, w, b, lam)) < TOL
+        nc1.append(out["nc1"] - 0.5 * lam * (np.sum(out["weight_ls"] ** 2)
+                                             + np.sum(out["bias_ls"] ** 2)))
+    # the within-class part of L_NC1 shrinks with the spread
+    assert all(a > b_ for a, b_ in zip(nc1, nc1[1:], strict=False))
+    assert nc1[-1] < 1e-5 * nc1[0]  # ∝ σ² since W_LS stays bounded
+
+
+def test_bias_none_is_b_zero_and_torch_inputs() -> None:
+    rng = np.random.default_rng(3)
+    h, y = _features(rng)
+    w = rng.normal(size=(4, h.shape[1]))
+    ref = mse_decomposition(h, y, w, np.zeros(4), 0.2)
+    out = mse_decomposition(torch.tensor(h, dtype=torch.float64), torch.tensor(y), torch.tensor(w),
+                            None, 0.2)
+    for key in ("loss", "nc1", "nc2_3", "ls_perp"):
+        assert out[key] == ref[key]
+    np.testing.assert_array_equal(out["weight_ls"], ref["weight_ls"])
+
+
+def test_singular_total_covariance_lambda_zero() -> None:
+    # d > N - 1: Σ_T singular; the min-norm least-squares classifier keeps the identity exact
+    rng = np.random.default_rng(11)
+    h, y = _features(rng, c=3, n=2, d=9)
+    w, b = rng.normal(size=(3, 9)), rng.normal(size=3)
+    out = mse_decomposition(h, y, w, b, 0.0)
+    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
+    w_ls, b_ls = _ridge_lstsq(h, y, 3, 0.0)  # lstsq also returns the min-norm solution
+    np.testing.assert_allclose(out["weight_ls"], w_ls, atol=1e-9)
+    np.testing.assert_allclose(out["bias_ls"], b_ls, atol=1e-9)
+
+
+def test_errors_name_the_problem() -> None:
+    rng = np.random.default_rng(0)
+    h, y = _features(rng)
+    w = rng.normal(size=(4, h.shape[1]))
+    with pytest.raises(ValueError, match="balanced"):
+        mse_decomposition(h[1:], y[1:], w, None, 0.0)
+    with pytest.raises(ValueError, match="lam"):
+        mse_decomposition(h, y, w, None, -1.0)
+    with pytest.raises(ValueError, match="dim"):
+        mse_decomposition(h[:, :3], y, w, None, 0.0)
+    with pytest.raises(ValueError, match="labels"):
+        mse_decomposition(h, y + 1, w, None, 0.0)
+    with pytest.raises(ValueError, match="bias"):
+        mse_decomposition(h, y, w, np.zeros(3), 0.0)
