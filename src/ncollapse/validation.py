@@ -1,0 +1,239 @@
+"""Input checks shared by the metrics: NaN/Inf, labels, shapes, absent classes.
+
+Every check raises a ``TypeError`` (wrong kind of object or dtype) or a ``ValueError``
+(wrong shape or values) whose message names the problem and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_tensor",
+    "check_features",
+    "check_labels",
+    "check_label_range",
+    "check_matrix",
+    "check_finite",
+    "check_logits",
+    "resolve_num_classes",
+    "warn_absent_classes",
+    "warn_low_dimension",
+    "report_nonfinite",
+]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """Return ``x`` as a torch tensor (numpy arrays share memory; lists are copied)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"{name} is a numpy array of Python objects; pass a numeric array")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, (list, tuple)):
+        t = torch.as_tensor(np.asarray(x))
+    else:
+        raise TypeError(
+            f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}"
+        )
+    if device is not None and t.device != device:
+        t = t.to(device)
+    return t
+
+
+def report_nonfinite(x: torch.Tensor, name: str, row_offset: int = 0) -> None:
+    """Raise a ValueError saying how many entries of ``x`` are NaN/Inf and the first row."""
+    bad = ~torch.isfinite(x)
+    count = int(bad.sum())
+    if count == 0:
+        raise ValueError(
+            f"{name} overflow: values are finite but too large for {x.dtype} arithmetic "
+            f"(max |value| {float(x.abs().max()):.3g}); rescale the features or pass float64"
+        )
+    rows = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.ndim > 1 else bad
+    first = int(torch.nonzero(rows)[0, 0]) + row_offset
+    n_nan = int(torch.isnan(x).sum())
+    raise ValueError(
+        f"{name} contains {count} non-finite value(s) ({n_nan} NaN, {count - n_nan} Inf); "
+        f"first at row {first}. Remove or repair those rows (e.g. check for a diverged model) "
+        f"before measuring."
+    )
+
+
+def check_finite(x: torch.Tensor, name: str, row_offset: int = 0) -> None:
+    """Raise a ValueError if ``x`` holds NaN or Inf (how many, first row)."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        report_nonfinite(x, name, row_offset)
+
+
+def check_features(features: Any, name: str = "features") -> torch.Tensor:
+    """Return features as an (N, d) floating tensor; raise on wrong kind, dtype or ndim."""
+    h = as_tensor(features, name)
+    if not h.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype, got {h.dtype}; "
+            f"convert first (e.g. features.float() or features.astype(np.float64))"
+        )
+    if h.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (N, d), got shape {tuple(h.shape)}; "
+            f"flatten per-sample features with features.reshape(len(features), -1)"
+        )
+    if h.shape[0] == 0 or h.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(h.shape)}); pass at least one sample")
+    return h
+
+
+def check_labels(labels: Any, n: int, device: torch.device) -> torch.Tensor:
+    """Return labels as an int64 tensor of length ``n`` on ``device``."""
+    y = as_tensor(labels, "labels")
+    if y.ndim != 1:
+        raise ValueError(
+            f"labels must be 1-D with shape (N,), got shape {tuple(y.shape)}; "
+            f"pass class indices, not one-hot rows (labels.argmax(1) converts one-hot)"
+        )
+    if y.shape[0] != n:
+        raise ValueError(
+            f"length mismatch: {n} feature rows but {y.shape[0]} labels; "
+            f"pass exactly one label per feature row"
+        )
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}; pass class indices 0..C-1")
+    if y.is_floating_point():
+        whole = torch.isfinite(y) & (y == torch.round(y))
+        if not bool(whole.all()):
+            bad = ~whole
+            first = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(
+                f"labels must be integral: {int(bad.sum())} label(s) are not whole numbers, "
+                f"first at index {first} (value {float(y[first])}); pass class indices 0..C-1"
+            )
+    y = y.to(device=device, dtype=torch.int64)
+    return y
+
+
+def check_label_range(y: torch.Tensor, num_classes: int, row_offset: int = 0) -> None:
+    """Raise a ValueError if any label is outside [0, num_classes)."""
+    if y.numel() == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        bad = (y < 0) | (y >= num_classes)
+        first = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(
+            f"labels out of range: {int(bad.sum())} label(s) outside [0, {num_classes}), "
+            f"first at index {first + row_offset} (value {int(y[first])}); pass "
+            f"num_classes=<number of classes> or remap the labels to 0..C-1"
+        )
+
+
+def check_matrix(
+    x: Any, name: str, shape: tuple[int | None, ...], hint: str, device: torch.device
+) -> torch.Tensor:
+    """Return ``x`` as a finite float64 tensor on ``device`` with the given shape (None = any)."""
+    t = as_tensor(x, name)
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {t.dtype}")
+    ok = t.ndim == len(shape) and all(s is None or s == e for s, e in zip(shape, t.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}; {hint}")
+    t = t.to(device=device, dtype=torch.float64)
+    check_finite(t, name)
+    return t
+
+
+def check_logits(logits: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Return logits as an (n, num_classes) floating tensor; raise on shape or NaN/Inf."""
+    t = as_tensor(logits, "logits", device)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if t.ndim != 2 or t.shape[0] != n or t.shape[1] != num_classes:
+        raise ValueError(
+            f"logits has shape {tuple(t.shape)}, expected ({n}, {num_classes}) "
+            f"(one row of class scores per sample); pass the classifier outputs for the same batch"
+        )
+    check_finite(t, "logits")
+    return t
+
+
+def resolve_num_classes(
+    num_classes: int | None,
+    labels: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
+    ncc_means: torch.Tensor | None = None,
+) -> int:
+    """Pick C from the arguments (explicit, weight, logits, ncc_means, labels) and check agreement."""
+    sources: list[tuple[str, int]] = []
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        sources.append(("num_classes", int(num_classes)))
+    if weight is not None and weight.ndim == 2:
+        sources.append(("weight.shape[0]", int(weight.shape[0])))
+    if bias is not None and bias.ndim == 1:
+        sources.append(("bias.shape[0]", int(bias.shape[0])))
+    if logits is not None and logits.ndim == 2:
+        sources.append(("logits.shape[1]", int(logits.shape[1])))
+    if ncc_means is not None and ncc_means.ndim == 2:
+        sources.append(("ncc_means.shape[0]", int(ncc_means.shape[0])))
+    if sources:
+        name0, c0 = sources[0]
+        for name, c in sources[1:]:
+            if c != c0:
+                raise ValueError(
+                    f"inconsistent number of classes: {name0} = {c0} but {name} = {c}; "
+                    f"weight must be (C, d), bias (C,), logits (N, C), ncc_means (C, d)"
+                )
+        return c0
+    if labels is None or labels.numel() == 0:
+        raise ValueError(
+            "cannot tell the number of classes: pass num_classes=C (or weight/logits)"
+        )
+    return int(labels.max()) + 1
+
+
+def warn_absent_classes(counts: torch.Tensor) -> None:
+    """Warn, naming them, about classes with no samples (metrics use the present classes)."""
+    absent = torch.nonzero(counts == 0).flatten().tolist()
+    if absent:
+        shown = ", ".join(map(str, absent[:20])) + (" ..." if len(absent) > 20 else "")
+        warnings.warn(
+            f"{len(absent)} class(es) have no samples and are left out of the metrics "
+            f"(measured over the {int((counts > 0).sum())} present classes; weight rows of "
+            f"absent classes are ignored for NC2/NC3): classes {shown}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def warn_low_dimension(dim: int, num_present: int) -> None:
+    """Warn when d < C - 1: Sigma_B has rank at most d, NC1 uses its non-zero spectrum."""
+    if dim < num_present - 1:
+        warnings.warn(
+            f"feature dimension d = {dim} is smaller than C - 1 = {num_present - 1}: the class "
+            f"means cannot form a simplex ETF; NC1 uses the pseudo-inverse of Sigma_B over its "
+            f"non-zero spectrum (at most d eigenpairs)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def require_two_classes(num_present: int) -> None:
+    """Raise if fewer than two classes have samples."""
+    if num_present < 2:
+        raise ValueError(
+            f"need samples from at least 2 classes, got {num_present}; the collapse metrics "
+            f"compare classes (check the labels, or measure on a larger subset)"
+        )

@@ -1,0 +1,101 @@
+"""Independent float64 numpy reference for the NC metrics, straight from nc-math.md.
+
+Deliberately plain and slow: d x d Sigma_W and Sigma_B, eigendecomposition of Sigma_B for its
+pseudo-inverse over the top min(C - 1, rank) eigenpairs, explicit distance matrices for the
+nearest class centre. Used only by the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _np(x):
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _nc2(x: np.ndarray) -> tuple[float, float | None, float, float]:
+    c = x.shape[0]
+    norms = np.sqrt((x * x).sum(1))
+    equinorm = norms.std(ddof=1) / norms.mean()
+    cos = np.array([[x[i] @ x[j] / (norms[i] * norms[j]) for j in range(c)] for i in range(c)])
+    pairs = np.array([cos[i, j] for i in range(c) for j in range(i + 1, c)])
+    equiang = pairs.std(ddof=1) if pairs.size > 1 else None
+    maxangle = np.abs(pairs + 1.0 / (c - 1)).mean()
+    return float(equinorm), None if equiang is None else float(equiang), float(maxangle), \
+        etf_gram_error(x @ x.T)
+
+
+def etf_gram_error(g: np.ndarray) -> float:
+    c = g.shape[0]
+    target = (np.eye(c) - np.ones((c, c)) / c) / np.sqrt(c - 1)
+    return float(np.linalg.norm(g / np.linalg.norm(g) - target))
+
+
+def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc_means=None,
+                      num_classes=None) -> dict:
+    """All metrics as a dict, computed in float64 on the upcast inputs."""
+    h = _np(features).astype(np.float64)
+    y = _np(labels).astype(np.int64)
+    w = None if weight is None else _np(weight).astype(np.float64)
+    b = None if bias is None else _np(bias).astype(np.float64)
+    lg = None if logits is None else _np(logits).astype(np.float64)
+    nu = None if ncc_means is None else _np(ncc_means).astype(np.float64)
+    n, d = h.shape
+    present = np.unique(y)
+    cp = present.size
+    means = np.stack([h[y == c].mean(0) for c in present])
+    mu_g = h.mean(0)
+    mt = means - mu_g
+    idx = {c: i for i, c in enumerate(present)}
+    yi = np.array([idx[c] for c in y])
+    r = h - means[yi]
+    sigma_w = r.T @ r / n
+    sigma_b = mt.T @ mt / cp
+    lam, vec = np.linalg.eigh(sigma_b)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    tol = lam[0] * max(cp, d) * 1e-13
+    k = min(cp - 1, int((lam > tol).sum()))
+    pinv = (vec[:, :k] / lam[:k]) @ vec[:, :k].T
+    out: dict = {"num_classes": cp, "num_samples": n, "dim": d}
+    out["nc1"] = float(np.trace(sigma_w @ pinv) / cp)
+    out["nc1_trace_ratio"] = float(np.trace(sigma_w) / np.trace(sigma_b))
+    var = np.array([((r[yi == i]) ** 2).sum(1).mean() for i in range(cp)])
+    cd = [(var[i] + var[j]) / (2 * ((means[i] - means[j]) ** 2).sum())
+          for i in range(cp) for j in range(i + 1, cp)]
+    out["cdnv"] = float(np.mean(cd))
+    (out["equinorm_means"], out["equiangular_means"], out["maxangle_means"],
+     out["etf_error_means"]) = _nc2(mt)
+    keys_w = ["equinorm_weights", "equiangular_weights", "maxangle_weights",
+              "etf_error_weights", "self_duality", "self_duality_etf_error", "bias_collapse"]
+    for key in keys_w:
+        out[key] = None
+    if w is not None:
+        wp = w[present]
+        (out["equinorm_weights"], out["equiangular_weights"], out["maxangle_weights"],
+         out["etf_error_weights"]) = _nc2(wp)
+        out["self_duality"] = float(
+            (np.linalg.norm(wp / np.linalg.norm(wp) - mt / np.linalg.norm(mt))) ** 2)
+        out["self_duality_etf_error"] = etf_gram_error(wp @ mt.T)
+        out["bias_collapse"] = float(np.linalg.norm(w @ mu_g + (0 if b is None else b)))
+    # classifier decisions
+    pred = None
+    if lg is not None:
+        pred = lg.argmax(1)
+    elif w is not None:
+        pred = (h @ w.T + (0 if b is None else b)).argmax(1)
+    out["accuracy"] = None if pred is None else float((pred == y).mean())
+    # nearest class centre by explicit distances
+    if nu is None:
+        dist = ((h[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+        ncc = present[dist.argmin(1)]
+    else:
+        dist = ((h[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
+        ncc = dist.argmin(1)
+    out["ncc_mismatch"] = None if pred is None else float((pred != ncc).mean())
+    return out
