@@ -509,7 +509,7 @@ class NCAccumulator:
         self._frozen = fz
 
     def _basis(self, with_weight: bool) -> torch.Tensor:
-        """Columns of the one pass-2 product: [V_k | (nu - mean nu)^T | W^T] in the compute dtype."""
+        """Columns of the pass-2 product: [V_k | (nu - mean nu)^T | W^T], compute dtype."""
         fz = self._frozen
         assert fz is not None and self._ct is not None
         key = bool(with_weight)

@@ -141,7 +141,9 @@ def check_matrix(
     t = as_tensor(x, name)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must be a floating-point array, got dtype {t.dtype}")
-    ok = t.ndim == len(shape) and all(s is None or s == e for s, e in zip(shape, t.shape))
+    ok = t.ndim == len(shape) and all(
+        s is None or s == e for s, e in zip(shape, t.shape, strict=True)
+    )
     if not ok:
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}; {hint}")
@@ -172,7 +174,7 @@ def resolve_num_classes(
     logits: torch.Tensor | None = None,
     ncc_means: torch.Tensor | None = None,
 ) -> int:
-    """Pick C from the arguments (explicit, weight, logits, ncc_means, labels) and check agreement."""
+    """Pick C from num_classes, weight, bias, logits, ncc_means or labels; check agreement."""
     sources: list[tuple[str, int]] = []
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
