@@ -2,7 +2,7 @@
 
 Formulas (z = logits, y = target class, p = softmax(z), e_y = one-hot vector, C classes):
 
-- ``ce``: −log p_y.
+- ``ce``: −log p_y (accurate to the last digit also when p_y → 1, see :class:`CrossEntropy`).
 - ``mse``: ½‖z − k·e_y‖², summed over the C classes (not averaged over them as
   ``nn.MSELoss`` does), k = ``mse_scale``. With k = 1 the batch mean is the
   ½·mean_i‖Wh_i + b − e_{y_i}‖² of [Han22] (``shared/nc-math.md``), whose decomposition
@@ -68,11 +68,26 @@ class _Loss(nn.Module):
         return f"num_classes={self.num_classes}, reduction={self.reduction!r}"
 
 
+def _log_odds_against(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """r = log Σ_{c≠y} exp(z_c − z_y), so that −log p_y = softplus(r) and 1 − p_y = sigmoid(r).
+
+    Unlike log_softmax, which rounds 1 + (1 − p_y) first, both stay accurate to the last
+    digit as p_y → 1 (the terminal phase), and so do their gradients.
+    """
+    z_y = logits.gather(1, targets[:, None])
+    others = (logits - z_y).scatter(1, targets[:, None], float("-inf"))
+    return torch.logsumexp(others, dim=1)
+
+
 class CrossEntropy(_Loss):
-    """−log softmax(z)_y."""
+    """−log softmax(z)_y, computed as softplus(log Σ_{c≠y} exp(z_c − z_y)).
+
+    The value equals ``F.cross_entropy`` up to rounding, but keeps its relative accuracy
+    when p_y → 1, where ``F.cross_entropy`` in float32 returns 0 below about 6e−8.
+    """
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, reduction="none")
+        return F.softplus(_log_odds_against(logits, targets))
 
 
 class LabelSmoothing(_Loss):
@@ -112,11 +127,10 @@ class FocalLoss(_Loss):
         self.gamma = float(gamma)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_pt = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-        # 1 − p_y via expm1 keeps its digits when p_y ≈ 1; the clamp keeps the gradient
-        # finite at p_y = 1 exactly when γ < 1.
-        one_minus = (-torch.expm1(log_pt)).clamp_min(torch.finfo(logits.dtype).tiny)
-        return -one_minus.pow(self.gamma) * log_pt
+        r = _log_odds_against(logits, targets)
+        # the clamp keeps the gradient finite where 1 − p_y rounds to 0 and γ < 1
+        one_minus = torch.sigmoid(r).clamp_min(torch.finfo(logits.dtype).tiny)
+        return one_minus.pow(self.gamma) * F.softplus(r)
 
 
 def build_loss(name: str, *, num_classes: int, label_smoothing: float = 0.1,
