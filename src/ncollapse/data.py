@@ -231,6 +231,8 @@ def make_gaussian(*, num_classes: int = 10, dim: int = 32, per_class: int = 100,
             raise ValueError(f"{key} must be a positive int, got {val!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if dim < num_classes - 1:
         raise ValueError(f"dim must be >= num_classes - 1 = {num_classes - 1} for a simplex ETF "
                          f"of means, got dim={dim}")
@@ -530,7 +532,10 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Pat
                     or not (m.isfile() or m.isdir()) or not target.is_relative_to(top)):
                 raise ValueError(f"{archive}: refusing unsafe member {m.name!r} (absolute path, "
                                  "'..', link or device); extract it by hand if you trust it")
-        tar.extractall(top, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: a second guard
+            tar.extractall(top, members=members, filter="data")
+        else:  # pragma: no cover - older Pythons; every member was checked above
+            tar.extractall(top, members=members)
     return dest
 
 
