@@ -63,13 +63,15 @@ class MinimizeResult:
 
 def minimize_lbfgs(fun_grad: FunGrad, x0: np.ndarray, *, gtol: float = 1e-10,
                    max_iter: int = 20000, max_restarts: int = 20,
-                   memory: int = 30) -> MinimizeResult:
+                   memory: int = 30,
+                   callback: Callable[[np.ndarray], None] | None = None) -> MinimizeResult:
     """Minimise a smooth function by L-BFGS until ‖∇f‖₂ < ``gtol``.
 
     ``fun_grad(x)`` returns ``(f(x), ∇f(x))`` for a flat float64 ``x``. Uses scipy's L-BFGS-B
     (no bounds); whenever it stops early (line search at machine precision) the memory is
     reset and the run continues from the best point, at most ``max_restarts`` times.
-    ``converged`` says whether the gradient-norm target was reached.
+    ``converged`` says whether the gradient-norm target was reached. ``callback(x)``, if given,
+    is called with the start point and every accepted iterate.
     """
     if gtol <= 0:
         raise ValueError(f"gtol must be > 0, got {gtol}")
@@ -91,17 +93,21 @@ def minimize_lbfgs(fun_grad: FunGrad, x0: np.ndarray, *, gtol: float = 1e-10,
     f, g = wrapped(x)
     gnorm = float(np.linalg.norm(g))
     history.append((f, gnorm))
+    if callback is not None:
+        callback(x.copy())
     iterations = 0
     message = "converged at start"
 
-    def callback(v: np.ndarray) -> None:
+    def on_iterate(v: np.ndarray) -> None:
         fv, gv = wrapped(v)
         history.append((fv, float(np.linalg.norm(gv))))
+        if callback is not None:
+            callback(np.array(v, copy=True))
 
     for _ in range(max_restarts + 1):
         if gnorm < gtol or iterations >= max_iter:
             break
-        res = minimize(wrapped, x, jac=True, method="L-BFGS-B", callback=callback,
+        res = minimize(wrapped, x, jac=True, method="L-BFGS-B", callback=on_iterate,
                        options={"maxiter": max_iter - iterations, "maxcor": memory,
                                 "gtol": 0.0, "ftol": 0.0, "maxfun": 10 * max_iter,
                                 "maxls": 50})

@@ -13,9 +13,11 @@ The ``bias`` term is present only when ``bias=True``. Everything is float64 nump
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +33,17 @@ __all__ = [
     "UFMSolution",
     "ce_closed_form",
     "closed_form",
+    "compare",
+    "configure_parser",
     "gradient_descent_trajectory",
     "gradient_flow",
     "mixon_closed_form",
     "mse_closed_form",
     "objective",
     "objective_and_gradient",
+    "run_cli",
     "solve",
+    "sweep",
 ]
 
 HELP = ("unconstrained features model: cross-entropy (Zhu et al. 2021) or MSE (Tirer & Bruna 2022, "
@@ -151,11 +157,12 @@ def objective(problem: UFMProblem, weight: np.ndarray, features: np.ndarray,
     return objective_and_gradient(problem, weight, features, bias)[0]
 
 
-def _fun_grad(problem: UFMProblem):
+def _fun_grad(problem: UFMProblem, feature_scale: float = 1.0):
+    """f and ∇f on the flat vector (W, H/feature_scale, b): a diagonal preconditioner."""
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
         w, h, b = problem.split(x)
-        f, gw, gh, gb = objective_and_gradient(problem, w, h, b)
-        return f, problem.join(gw, gh, gb)
+        f, gw, gh, gb = objective_and_gradient(problem, w, feature_scale * h, b)
+        return f, problem.join(gw, feature_scale * gh, gb)
     return fg
 
 
@@ -307,6 +314,8 @@ class UFMSolution:
     seed_objectives: dict[int, float] = field(default_factory=dict)
     times: np.ndarray | None = None
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    iterates: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = field(
+        default_factory=list)
 
     @property
     def labels(self) -> np.ndarray:
@@ -323,36 +332,65 @@ def _init(problem: UFMProblem, seed: int, scale: float) -> np.ndarray:
 
 def solve(problem: UFMProblem, *, seeds: tuple[int, ...] | list[int] = (0, 1, 2),
           init_scale: float = 0.3, gtol: float = 1e-10, max_iter: int = 20000,
-          x0: np.ndarray | None = None) -> UFMSolution:
+          x0: np.ndarray | None = None, keep_iterates: int = 0) -> UFMSolution:
     """Full-batch L-BFGS from several random inits; returns the best run.
 
     Each run stops when ‖∇f‖₂ < ``gtol`` (``converged``). ``x0`` (a flat parameter vector,
     see :meth:`UFMProblem.join`) replaces the random init of the first seed (warm start).
+    ``keep_iterates`` > 0 keeps about that many log-spaced iterates of the best run in
+    ``UFMSolution.iterates`` as ``(iteration, W, H, b)``.
     """
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    best: tuple[MinimizeResult, int] | None = None
+    # MSE only: for CE the softmax curvature already differs between blocks and the plain
+    # coordinates converge faster (measured)
+    scale = math.sqrt(problem.per_class) if problem.loss == "mse" else 1.0
+    nw, nh = problem.classes * problem.dim, problem.num_samples * problem.dim
+
+    def _to_scaled(x: np.ndarray) -> np.ndarray:
+        y = np.array(x, dtype=np.float64)
+        y[nw:nw + nh] /= scale
+        return y
+
+    def _from_scaled(y: np.ndarray) -> np.ndarray:
+        x = np.array(y, dtype=np.float64)
+        x[nw:nw + nh] *= scale
+        return x
+
+    best: tuple[MinimizeResult, int, list[np.ndarray]] | None = None
     per_seed: dict[int, float] = {}
     start = time.perf_counter()
     for k, seed in enumerate(seeds):
         start_x = x0 if (k == 0 and x0 is not None) else _init(problem, seed, init_scale)
-        res = minimize_lbfgs(_fun_grad(problem), start_x, gtol=gtol, max_iter=max_iter)
+        rows: list[np.ndarray] = []
+        callback = rows.append if keep_iterates > 0 else None
+        # MSE: L-BFGS on (W, H/sqrt(n), b): each feature sees 1/N of the loss, W sees n/N of
+        # it, so this rescaling equalises the curvature of the two blocks; the gradient in
+        # these coordinates is at least as large as the true one (n >= 1), so gtol still holds.
+        res = minimize_lbfgs(_fun_grad(problem, scale), _to_scaled(start_x), gtol=gtol,
+                             max_iter=max_iter, callback=callback)
+        res.x = _from_scaled(res.x)
+        rows = [_from_scaled(r) for r in rows]
         per_seed[int(seed)] = res.fun
         if best is None or res.fun < best[0].fun - 1e-13 or (
                 abs(res.fun - best[0].fun) <= 1e-13 and res.grad_norm < best[0].grad_norm):
-            best = (res, int(seed))
+            best = (res, int(seed), rows)
     assert best is not None
-    res, seed = best
+    res, seed, rows = best
+    iterates = []
+    if rows:
+        picks = np.unique(np.round(np.geomspace(1, len(rows), keep_iterates)).astype(int) - 1)
+        iterates = [(int(k), *problem.split(rows[k])) for k in sorted({0, *picks.tolist()})]
     w, h, b = problem.split(res.x)
     return UFMSolution(problem=problem, weight=w.copy(), features=h.copy(),
                        bias=None if b is None else b.copy(), objective=res.fun,
                        gradient_norm=res.grad_norm, converged=res.converged,
                        iterations=res.iterations, seed=seed,
                        time_s=time.perf_counter() - start, method="L-BFGS",
-                       history=res.history, seed_objectives=per_seed)
+                       history=res.history, seed_objectives=per_seed, iterates=iterates)
 
 
-def gradient_flow(problem: UFMProblem, *, seed: int = 0, init_scale: float = 1e-7,
+def gradient_flow(problem: UFMProblem, *, seed: int = 0, init_scale: float = 1e-8,
                   t_max: float | None = None, num_times: int = 80, rtol: float = 1e-11,
                   atol: float = 1e-14) -> UFMSolution:
     """Integrate the gradient flow dx/dt = −∇f(x) from a small random init (DOP853).
@@ -436,3 +474,320 @@ def gradient_descent_trajectory(*, classes: int, per_class: int, dim: int, loss:
         if step < steps:
             x = x - lr * g
     return out
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def compare(solution: UFMSolution, cf: ClosedForm) -> dict[str, float | None]:
+    """Rotation-invariant differences between a solution and a closed form.
+
+    Max-abs differences of the Gram matrices WWᵀ, HHᵀ and HWᵀ, of the bias (its centred part
+    when λ_b = 0, where any b ∝ 1 is optimal), the objective gap, and the mean squared norms.
+    Entries are None where the closed form leaves the matrices undetermined.
+    """
+    w, h, b = solution.weight, solution.features, solution.bias
+    out: dict[str, float | None] = {
+        "objective_gap": solution.objective - cf.objective,
+        "weight_sq_norm": float(np.mean(np.sum(w * w, axis=1))),
+        "feature_sq_norm": float(np.mean(np.sum(h * h, axis=1))),
+        "weight_gram_error": None, "feature_gram_error": None, "cross_gram_error": None,
+        "bias_error": None,
+    }
+    if cf.weight is not None and cf.features is not None:
+        w0, h0 = cf.weight, cf.features
+        out["weight_gram_error"] = float(np.abs(w @ w.T - w0 @ w0.T).max())
+        out["feature_gram_error"] = float(np.abs(h @ h.T - h0 @ h0.T).max())
+        out["cross_gram_error"] = float(np.abs(h @ w.T - h0 @ w0.T).max())
+    if b is not None and cf.bias is not None:
+        p = solution.problem
+        free_shift = p.loss == "ce" and p.lambda_b == 0
+        diff = (b - b.mean()) - (cf.bias - cf.bias.mean()) if free_shift else b - cf.bias
+        out["bias_error"] = float(np.abs(diff).max())
+    return out
+
+
+def _metrics(w: np.ndarray, h: np.ndarray, b: np.ndarray | None,
+             labels: np.ndarray) -> dict[str, Any] | None:
+    """``ncollapse.measure(...).to_dict()``, or None where the metrics are undefined (H = 0)."""
+    from ncollapse import measure
+
+    if not np.any(h):
+        return None
+    try:
+        return measure(h, labels, weight=w, bias=b).to_dict()
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Flags of ``ncollapse theory ufm`` (common ones via ``add_common_arguments``)."""
+    from ncollapse.commands.theory import add_common_arguments
+
+    add_common_arguments(p, classes=10, per_class=50, dim=16)
+    # None = "the model's default": 5e-3, or 0 for the unregularized MSE-with-bias model
+    p.set_defaults(lambda_w=None, lambda_h=None, lambda_b=None)
+    g = p.add_argument_group("ufm")
+    g.add_argument("--loss", choices=LOSSES, default="ce", help="cross-entropy or MSE")
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn a bias b (default: yes for CE, no for MSE; MSE with bias and "
+                        "no weight decay is Mixon et al.'s model, solved as a gradient flow)")
+    g.add_argument("--restarts", type=int, default=3,
+                   help="number of random inits for L-BFGS (seeds seed, seed+1, ...)")
+    g.add_argument("--gtol", type=float, default=1e-10, help="stop when the gradient norm < this")
+    g.add_argument("--sweep-points", type=int, default=9,
+                   help="lambda values in the norm-vs-lambda sweep figure (0: no sweep)")
+
+
+def _resolve(args: argparse.Namespace) -> UFMProblem:
+    bias = args.bias if args.bias is not None else args.loss == "ce"
+    unregularized = args.loss == "mse" and bias
+    default = 0.0 if unregularized else 5e-3
+    lw = default if args.lambda_w is None else args.lambda_w
+    lh = default if args.lambda_h is None else args.lambda_h
+    lb = default if args.lambda_b is None else args.lambda_b
+    if not bias:
+        if args.lambda_b not in (None, 0.0):
+            raise ValueError("--lambda-b has no effect without a bias; drop it or pass --bias")
+        lb = 0.0
+    if args.restarts < 1:
+        raise ValueError(f"--restarts must be >= 1, got {args.restarts}")
+    return UFMProblem(args.classes, args.per_class, args.dim, loss=args.loss, bias=bias,
+                      lambda_w=lw, lambda_h=lh, lambda_b=lb)
+
+
+def _model_name(p: UFMProblem) -> str:
+    if p.loss == "ce":
+        return "CE with weight decay [Zhu et al. 2021]"
+    if not p.bias:
+        return "MSE, bias-free, weight decay [Tirer & Bruna 2022]"
+    if p.lambda_w == p.lambda_h == p.lambda_b == 0:
+        return "MSE with bias, unregularized, gradient flow from small init [Mixon et al. 2020]"
+    return "MSE with bias and weight decay (no closed form)"
+
+
+def sweep(problem: UFMProblem, lambdas: np.ndarray, *, seed: int = 0,
+          gtol: float = 1e-10) -> list[dict[str, float]]:
+    """Solve with λ_W = λ_H (= λ_b with a bias) = λ for each λ; mean ‖w_c‖², ‖h_i‖², objective."""
+    rows = []
+    x0 = None
+    for lam in lambdas:
+        p = UFMProblem(problem.classes, problem.per_class, problem.dim, loss=problem.loss,
+                       bias=problem.bias, lambda_w=float(lam), lambda_h=float(lam),
+                       lambda_b=float(lam) if problem.bias else 0.0)
+        sol = solve(p, seeds=(seed,), gtol=gtol, x0=x0)
+        x0 = p.join(sol.weight, sol.features, sol.bias)
+        if not np.any(np.abs(x0) > 1e-6):  # past the threshold: restart the next from random
+            x0 = None
+        rows.append({"lambda": float(lam), "objective": sol.objective,
+                     "weight_sq_norm": float(np.mean(np.sum(sol.weight**2, axis=1))),
+                     "feature_sq_norm": float(np.mean(np.sum(sol.features**2, axis=1))),
+                     "gradient_norm": sol.gradient_norm})
+    return rows
+
+
+def _closed_norms(problem: UFMProblem, lam: float) -> tuple[float, float]:
+    if problem.loss == "ce":
+        cf = ce_closed_form(problem.classes, problem.per_class, problem.dim, lam, lam)
+    else:
+        cf = mse_closed_form(problem.classes, problem.per_class, problem.dim, lam, lam)
+    return cf.weight_sq_norm, cf.feature_sq_norm
+
+
+def _trace(sol: UFMSolution) -> list[dict[str, Any]]:
+    """NC1, W's ETF Gram error and self-duality at the kept iterates."""
+    out = []
+    for k, w, h, b in sol.iterates:
+        m = _metrics(w, h, b, sol.problem.labels) or {}
+        out.append({"iteration": k, "nc1": m.get("nc1"),
+                    "etf_error_weights": m.get("etf_error_weights"),
+                    "self_duality": m.get("self_duality")})
+    return out
+
+
+def run_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``ncollapse theory ufm``: solve, compare with the closed form, plot, return the JSON."""
+    problem = _resolve(args)
+    cf = closed_form(problem)
+    mixon = problem.loss == "mse" and problem.bias and cf is not None
+    seeds = tuple(range(args.seed, args.seed + args.restarts))
+    if mixon:
+        sol = gradient_flow(problem, seed=args.seed)
+    else:
+        sol = solve(problem, seeds=seeds, gtol=args.gtol,
+                    keep_iterates=0 if args.no_figures else 30)
+    metrics = _metrics(sol.weight, sol.features, sol.bias, problem.labels)
+    comparison = compare(sol, cf) if cf is not None else None
+    rows = []
+    if not mixon and cf is not None and args.sweep_points > 0 and not args.no_figures:
+        rows = sweep(problem, _sweep_lambdas(problem, args.sweep_points), seed=args.seed,
+                     gtol=args.gtol)
+    figures: list[str] = []
+    if not args.no_figures:
+        figures.append(str(_figure(problem, sol, cf, rows, Path(args.out))))
+    p = problem
+    summary = [
+        f"UFM: {_model_name(p)}",
+        f"  C={p.classes} n={p.per_class} d={p.dim} lambda_W={p.lambda_w:g} "
+        f"lambda_H={p.lambda_h:g}" + (f" lambda_b={p.lambda_b:g}" if p.bias else " (no bias)"),
+        f"  solver: {sol.method}, seeds {list(sol.seed_objectives)}, best seed {sol.seed}, "
+        f"{sol.iterations} {'RHS evaluations' if mixon else 'iterations'}, {sol.time_s:.2f} s",
+        f"  objective            {sol.objective:.15g}",
+        f"  closed form          {cf.objective:.15g}" if cf is not None
+        else "  closed form          none known for this model",
+        f"  gradient norm        {sol.gradient_norm:.3g}"
+        + ("" if sol.gradient_norm < 1e-8 else "  (NOT below 1e-8)"),
+    ]
+    if cf is not None and comparison is not None:
+        summary.append(f"  |objective - closed form| {abs(comparison['objective_gap']):.3g}; "
+                       f"regime: {cf.regime}")
+        summary.append(f"  mean ||w_c||^2 {comparison['weight_sq_norm']:.10g} "
+                       f"(closed form {cf.weight_sq_norm:.10g}); mean ||h_i||^2 "
+                       f"{comparison['feature_sq_norm']:.10g} (closed form "
+                       f"{cf.feature_sq_norm:.10g})")
+        grams = [f"{k}={v:.2g}" for k, v in comparison.items()
+                 if k.endswith("_error") and v is not None]
+        if grams:
+            summary.append("  max |difference| vs closed form: " + ", ".join(grams))
+    if metrics is not None:
+        keys = ("nc1", "equinorm_weights", "equiangular_weights", "etf_error_weights",
+                "self_duality")
+        summary.append("  NC metrics: " + ", ".join(
+            f"{k}={metrics[k]:.3g}" for k in keys if metrics.get(k) is not None))
+    else:
+        summary.append("  NC metrics: undefined (the solution is H = 0)")
+    return {
+        "model": "ufm", "loss": p.loss, "bias": p.bias, "classes": p.classes,
+        "per_class": p.per_class, "dim": p.dim, "lambda_w": p.lambda_w, "lambda_h": p.lambda_h,
+        "lambda_b": p.lambda_b if p.bias else None,
+        "objective": sol.objective,
+        "closed_form_objective": cf.objective if cf is not None else None,
+        "metrics": metrics,
+        "gradient_norm": sol.gradient_norm, "converged": sol.converged,
+        "solver": sol.method, "iterations": sol.iterations, "time_s": sol.time_s,
+        "seed_objectives": {str(k): v for k, v in sol.seed_objectives.items()},
+        "closed_form": cf.to_dict() if cf is not None else None,
+        "comparison": comparison, "sweep": rows,
+        "summary": summary, "figures": figures,
+    }
+
+
+def _sweep_lambdas(problem: UFMProblem, points: int) -> np.ndarray:
+    if problem.loss == "ce":
+        thr = 1.0 / (problem.classes * math.sqrt(problem.per_class))
+    else:
+        thr = 1.0
+    if points < 3:
+        return np.geomspace(thr / 30, thr * 2, points)
+    return np.concatenate([np.geomspace(thr / 30, thr * 0.97, points - 2), [thr * 1.3, thr * 2]])
+
+
+def _figure(problem: UFMProblem, sol: UFMSolution, cf: ClosedForm | None,
+            rows: list[dict[str, float]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = problem
+    mixon = p.loss == "mse" and p.bias and cf is not None
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.9))
+    f = np.array([r[0] for r in sol.history])
+    g = np.array([r[1] for r in sol.history])
+    ax = axes[0]
+    if mixon:
+        t = np.asarray(sol.times)
+        keep = t > 0
+        ax.loglog(t[keep], np.maximum(f[keep], 1e-30), label="loss (closed form: 0)")
+        ax.loglog(t[keep], g[keep], label="gradient norm")
+        ax.set_xlabel("flow time t")
+        ax.set_title("gradient flow from init scale 1e-8")
+    else:
+        it = np.arange(len(f))
+        if cf is not None:
+            ax.semilogy(it, np.maximum(f - cf.objective, 1e-16),
+                        label="objective − closed form")
+        else:
+            ax.semilogy(it, f, label="objective")
+        ax.semilogy(it, g, label="gradient norm")
+        ax.axhline(1e-8, color="0.6", ls=":", lw=1)
+        ax.set_xlabel("L-BFGS iteration")
+        ax.set_title(f"L-BFGS (best of {len(sol.seed_objectives)} seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[1]
+    if mixon:
+        snaps = sol.snapshots[1:]
+        ts = [s["time"] for s in snaps]
+        nc1, etf, berr = [], [], []
+        for s in snaps:
+            m = _metrics(s["weight"], s["features"], s["bias"], p.labels) or {}
+            nc1.append(m.get("nc1") or np.nan)
+            etf.append(m.get("etf_error_weights") or np.nan)
+            berr.append(float(np.abs(s["bias"] - 1.0 / p.classes).max()))
+        ax.loglog(ts, nc1, label="NC1")
+        ax.loglog(ts, etf, label="ETF Gram error of W")
+        ax.loglog(ts, berr, label="max |b − 1/C|")
+        ax.set_xlabel("flow time t")
+    else:
+        tr = _trace(sol)
+        its = [r["iteration"] for r in tr]
+        for key, label in (("nc1", "NC1"), ("etf_error_weights", "ETF Gram error of W"),
+                           ("self_duality", "NC3 self-duality")):
+            ax.semilogy(its, [np.nan if r[key] is None else max(r[key], 1e-30) for r in tr],
+                        "o-", ms=3, label=label)
+        ax.set_xlabel("L-BFGS iteration")
+    ax.set_title("collapse along the solve")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[2]
+    if mixon:
+        ts = [s["time"] for s in sol.snapshots[1:]]
+        wn = [float(np.mean(np.sum(s["weight"] ** 2, axis=1))) for s in sol.snapshots[1:]]
+        ax.loglog(ts, wn, label="mean ‖w_c‖² (flow)")
+        ax.axhline(cf.weight_sq_norm, color="k", ls="--", lw=1,
+                   label="closed form √n (C−1)/C")
+        ax.set_xlabel("flow time t")
+        ax.set_title("scale fixed by the balance WᵀW = HᵀH")
+    elif rows:
+        lam = np.array([r["lambda"] for r in rows])
+        thr = 1.0 / (p.classes * math.sqrt(p.per_class)) if p.loss == "ce" else 1.0
+        fine = np.unique(np.concatenate([np.geomspace(lam.min(), lam.max(), 300),
+                                         thr * (1 - np.geomspace(1e-6, 0.5, 100))]))
+        norms = np.array([_closed_norms(p, x) for x in fine])
+        cw, ch = norms[:, 0], norms[:, 1]
+        ax.plot(fine, cw, "C0-", lw=1.5, label="‖w_c‖² closed form")
+        ax.plot(fine, ch, "C1-", lw=1.5, label="‖h_i‖² closed form")
+        ax.plot(lam, [r["weight_sq_norm"] for r in rows], "C0o", ms=5, label="‖w_c‖² L-BFGS")
+        ax.plot(lam, [r["feature_sq_norm"] for r in rows], "C1s", ms=5, label="‖h_i‖² L-BFGS")
+        ax.axvline(thr, color="0.4", ls=":", label="zero threshold")
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("λ (= λ_W = λ_H" + (" = λ_b)" if p.bias else ")"))
+        ax.set_title("norms vs weight decay")
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no closed form / no sweep", ha="center", va="center")
+    if mixon or rows:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"UFM — {_model_name(p)};  C={p.classes}, n={p.per_class}, d={p.dim}",
+                 fontsize=11)
+    fig.tight_layout()
+    name = f"theory-ufm-{p.loss}{'-bias' if p.bias else '-nobias'}.png"
+    path = out / name
+    import io as _io
+
+    from ncollapse.io import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
