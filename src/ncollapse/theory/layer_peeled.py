@@ -460,7 +460,8 @@ def _figure(rows: dict[str, list[dict[str, float]]], sol: LayerPeeledSolution, m
     ax.set_ylabel("mean cosine between minority classifiers")
     ax.set_title(f"minority collapse (C_A = {majority}, C_B = {c - majority}, d = "
                  f"{sol.problem.dim})")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(-0.2, 1.42)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3)
     ax = axes[1]
     ax.set_xlabel("imbalance ratio R")
