@@ -153,7 +153,7 @@ def test_dict_batches_and_max_batches() -> None:
     model = _mlp()
     x, y = _data(48, (5,), 3)
     batches = [{"image": x[i:i + 16], "target": y[i:i + 16]} for i in range(0, 48, 16)]
-    got = collect_features(model, batches, max_batches=2)
+    got = collect_features(model, batches, max_batches=2, progress=True)
     assert got.features.shape == (32, 8)
     assert torch.equal(got.labels, y[:32])
     custom = [{"a": x[:16], "b": y[:16]}]

@@ -1,6 +1,6 @@
 """NCAccumulator.sync() across 2 real processes (torch.distributed, gloo on 127.0.0.1).
 
-Each rank holds a different shard (unequal sizes; rank 1 has no sample of class 2) and runs
+Each rank holds a different shard (unequal sizes; rank 0 lacks class 3, rank 1 class 2) and runs
 pass 1 -> sync -> begin_second_pass -> pass 2 -> sync -> compute. Both ranks must report
 exactly what ncollapse.measure reports on the concatenated data (rel. 1e-9, float64).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ncollapse import measure
 
@@ -31,7 +32,7 @@ from ncollapse import NCAccumulator
 
 rank, out = int(sys.argv[1]), sys.argv[2]
 sys.path.insert(0, sys.argv[3])
-from test_distributed import make_data, shard
+from test_distributed import make_data, make_model, shard
 
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[4]}", rank=rank,
                         world_size=2)
@@ -50,6 +51,12 @@ try:
                    torch.from_numpy(logits[k:k + 7]))
     acc.sync()
     result = acc.compute(weight=weight, bias=bias).to_dict()
+    # measure_model on each rank's shard: rank 0 re-runs the model in pass 2, rank 1 replays
+    # its cache; both must report the metrics of the whole data set.
+    from torch.utils.data import DataLoader, TensorDataset
+    from ncollapse.collect import measure_model
+    loader = DataLoader(TensorDataset(torch.from_numpy(h), torch.from_numpy(y)), batch_size=9)
+    result["model"] = measure_model(make_model(), loader, cache=rank == 1).to_dict()
 except Exception:
     result = {"error": traceback.format_exc()}
 with open(out, "w") as fh:
@@ -64,14 +71,21 @@ def make_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = sum(SIZES)
     means = 5 * rng.standard_normal((C, D)) + 100.0
     labels = rng.integers(0, C, n)
-    labels[:C] = np.arange(C)
-    # rank 1's shard (the last SIZES[1] samples) has no class 2: move those to class 0/1/3.
-    tail = labels[SIZES[0]:]
-    tail[tail == 2] = 3
+    # Rank 0 has no class 3 (its shift must come from rank 1), rank 1 has no class 2.
+    head, tail = labels[:SIZES[0]], labels[SIZES[0]:]
+    head[head == 3] = 0
+    tail[tail == 2] = 1
     feats = means[labels] + 0.3 * rng.standard_normal((n, D))
     weight = rng.standard_normal((C, D))
     bias = rng.standard_normal(C)
     return feats, labels, weight, bias
+
+
+def make_model() -> torch.nn.Module:
+    """The same small float64 network on every rank."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, C)).double()
 
 
 def shard(feats: np.ndarray, labels: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +101,8 @@ def _free_port() -> int:
 
 def test_sync_across_two_processes_matches_one_shot(tmp_path: Path) -> None:
     feats, labels, weight, bias = make_data()
-    assert 2 not in set(shard(feats, labels, 1)[1].tolist())
+    assert 3 not in set(shard(feats, labels, 0)[1].tolist())
+    assert set(shard(feats, labels, 1)[1].tolist()) == {0, 1, 3}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = str(_free_port())
@@ -110,9 +125,22 @@ def test_sync_across_two_processes_matches_one_shot(tmp_path: Path) -> None:
         assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{logs[r]}"
     want = measure(feats, labels, weight=weight, bias=bias, logits=feats @ weight.T + bias,
                    num_classes=C).to_dict()
+    model = make_model()
+    with torch.no_grad():
+        x = torch.from_numpy(feats)
+        want_model = measure(model[:-1](x), labels, weight=model[-1].weight,
+                             bias=model[-1].bias, logits=model(x), num_classes=C).to_dict()
     for r in range(2):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
-        assert "error" not in got, f"rank {r} failed in NCAccumulator:\n{got['error']}"
+        assert "error" not in got, f"rank {r} failed:\n{got['error']}"
+        got_model = got.pop("model")
+        for k, v in want_model.items():
+            if v is None:
+                assert got_model[k] is None, f"rank {r}: measure_model {k}"
+            else:
+                assert got_model[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (
+                    f"rank {r}: distributed measure_model {k} = {got_model[k]!r}, one-shot {v!r}"
+                )
         assert got.keys() == want.keys()
         for k, v in want.items():
             if v is None:

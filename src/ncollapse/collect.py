@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ncollapse.metrics import NCAccumulator, NCMetrics
@@ -316,7 +317,9 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
       loader that yields the same samples again (shuffling is fine, random augmentation not).
     - ``two_pass``: ``True`` always does pass 2, ``False`` never (``ncc_mismatch`` is then
       None), ``"auto"`` does it unless the loader is a one-shot iterator that was not cached.
-    ``num_classes`` defaults to the classifier's number of rows. Without pass 2, ``nc1``
+    Under ``torch.distributed`` each rank passes its own shard; the accumulator syncs, so
+    every rank gets the metrics of all shards. ``num_classes`` defaults to the classifier's
+    number of rows. Without pass 2, ``nc1``
     needs ``full_covariance=True`` (a d x d within-class scatter, see ``NCAccumulator``).
     """
     if two_pass not in (True, False, "auto"):
@@ -358,10 +361,16 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
     if seen == 0:
         raise ValueError("the loader produced no batches")
 
-    if two_pass is False or (two_pass == "auto" and cached is None and one_shot):
+    skip = two_pass is False or (two_pass == "auto" and cached is None and one_shot)
+    if two_pass == "auto" and dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([int(skip)], device=dev if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank must take the same path
+        skip = bool(flag.item())
+    if skip:
         if two_pass == "auto":
             warnings.warn("the loader is a one-shot iterator and its features were not "
-                          "cached; ncc_mismatch (NC4) is not measured", stacklevel=2)
+                          "cached (on this or another rank); ncc_mismatch (NC4) is not "
+                          "measured", stacklevel=2)
         return acc.compute(weight=weight, bias=bias)
     if cached is None and one_shot:
         raise ValueError("two_pass=True needs either a cache (cache=True) or a loader that can "
