@@ -88,6 +88,7 @@ class _Evil:
         return (print, ("pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                       ) -> None:
     path = tmp_path / "evil.pt"
@@ -123,7 +124,12 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     obj = tmp_path / "obj.npz"
     np.savez(obj, features=np.array([{"a": 1}], dtype=object), labels=np.zeros(1))
     assert main(["measure", str(obj)]) == 2
-    assert "unpickling" in capsys.readouterr().err
+    assert "unpickling, which is refused" in capsys.readouterr().err
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, features=np.zeros((3, 2)), labels=np.zeros(3, dtype=int))
+    broken.write_bytes(broken.read_bytes()[:-40])  # truncated download
+    assert main(["measure", str(broken)]) == 2
+    assert "broken.npz" in capsys.readouterr().err
     assert main(["measure"]) == 2
     assert "--example" in capsys.readouterr().err
 

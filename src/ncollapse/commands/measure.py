@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,12 @@ def _load_arrays(path: Path) -> dict[str, Any]:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except ValueError as exc:  # object arrays need pickle: refused
-            raise ValueError(f"{path}: cannot be read without unpickling ({exc}); save plain "
-                             "numeric arrays with numpy.savez") from exc
+            raise ValueError(f"{path}: not an .npz archive of plain numeric arrays; reading it "
+                             "would need unpickling, which is refused for safety. Save the "
+                             "arrays with numpy.savez") from exc
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})"
+                             ) from exc
     if suffix in (".pt", ".pth"):
         from ncollapse.io import safe_torch_load
 
