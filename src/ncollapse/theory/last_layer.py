@@ -207,7 +207,8 @@ def channel_error_union(num_classes: int, sigma: float | np.ndarray, *, scale: f
                         ) -> np.ndarray:
     """Union bound (C−1)·Q(δ/(2σ)) for the ETF (δ: :func:`etf_pairwise_distance`)."""
     delta = etf_pairwise_distance(num_classes, scale)
-    return (num_classes - 1) * ndtr(-delta / (2.0 * np.asarray(sigma, dtype=np.float64)))
+    return (num_classes - 1) * ndtr(-delta / (2.0 * np.atleast_1d(np.asarray(sigma,
+                                                                        dtype=np.float64))))
 
 
 def ncc_error_monte_carlo(means: np.ndarray, sigma: float, samples_per_class: int,
@@ -328,6 +329,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="gradient-descent steps for the training-curve panel")
     g.add_argument("--mc-samples", type=int, default=20000,
                    help="Monte-Carlo channel samples per class and σ")
+    g.add_argument("--sweep-points", type=int, default=10,
+                   help="σ values (log-spaced in [1e-3, 1]) for the self-duality sweep")
+    g.add_argument("--channel-points", type=int, default=9,
+                   help="σ values (1/σ evenly spaced in [1, 5]) for the channel panel")
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
@@ -352,7 +357,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     a_fit = float(np.sum(sol0["weight"] * means0) / np.sum(means0 * means0))
 
     start = time.perf_counter()
-    sigmas = np.geomspace(1e-3, 1.0, 10)
+    sigmas = np.geomspace(1e-3, 1.0, args.sweep_points)
     sweep: dict[str, Any] = {"sigma": sigmas.tolist(), "self_duality": [], "ncc_mismatch": [],
                              "num_classes": c, "dim": d, "per_class": n, "lambda_w": lw}
     for s in sigmas:
@@ -382,7 +387,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed + 7)
-    ch_sigmas = 1.0 / np.linspace(1.0, 5.0, 9)
+    ch_sigmas = 1.0 / np.linspace(1.0, 5.0, args.channel_points)
     channel: dict[str, Any] = {
         "sigma": ch_sigmas.tolist(),
         "exact": channel_error_exact(c, ch_sigmas).tolist(),
