@@ -187,7 +187,11 @@ def _iterate(model: nn.Module, loader: Iterable[Any], feat_module: nn.Module,
              clf: nn.Module, use: str, device: torch.device, max_batches: int | None,
              progress: bool, input_key: str | None, label_key: str | None, desc: str
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (features (B, d), labels (B,), logits (B, C)) on the CPU, batch by batch."""
+    """Yield (features (B, d), labels (B,) on the CPU, logits (B, C)) batch by batch.
+
+    Features and logits stay on the model's device. A module called several times per
+    forward pass (a shared activation, say) contributes its last call.
+    """
     if use not in ("input", "output"):
         raise ValueError(f"use must be 'input' or 'output', got {use!r}")
     store: dict[str, torch.Tensor] = {}
@@ -239,7 +243,7 @@ def _iterate(model: nn.Module, loader: Iterable[Any], feat_module: nn.Module,
                 if logits.shape[0] != feats.shape[0]:
                     raise ValueError(f"classifier output has {logits.shape[0]} rows but the "
                                      f"features have {feats.shape[0]}")
-                yield feats.cpu(), labels, logits.cpu()
+                yield feats, labels, logits
     finally:
         for h in handles:
             h.remove()
@@ -273,10 +277,12 @@ def collect_features(model: nn.Module, loader: Iterable[Any], *,
 
     ``layer``: module or dotted name whose input (``use="input"``) or output
     (``use="output"``) are the features, flattened per sample; ``classifier``: module or name
-    with ``weight`` (C, d) and optional ``bias``. Both default to the last ``nn.Linear``.
+    with ``weight`` (C, d) and optional ``bias``, by default the last ``nn.Linear``; ``layer``
+    defaults to the classifier, so the features are what the classifier sees.
     Batches are ``(inputs, labels, ...)`` tuples/lists or dicts (keys such as "input"/"label",
     or ``input_key``/``label_key``); inputs that are tuples or dicts are passed as
-    ``model(*x)``/``model(**x)``. ``device`` defaults to the model's own device.
+    ``model(*x)``/``model(**x)``. Inputs are moved to ``device`` (default: where the model's
+    parameters are; the model itself is not moved). Results are on the CPU.
     """
     feat_module, clf = resolve_modules(model, layer, classifier)
     dev = _model_device(model) if device is None else torch.device(device)
@@ -285,9 +291,9 @@ def collect_features(model: nn.Module, loader: Iterable[Any], *,
                        input_key, label_key, "collect features")
     with contextlib.closing(batches):  # hooks and modes restored even if we stop early
         for f, y, z in batches:
-            feats.append(f)
+            feats.append(f.cpu())
             labels.append(y)
-            logits.append(z)
+            logits.append(z.cpu())
     if not feats:
         raise ValueError("the loader produced no batches")
     bias = getattr(clf, "bias", None)
@@ -311,7 +317,7 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
     Arguments as in :func:`collect_features`. NC4 (``ncc_mismatch``) compares the model's own
     predictions (the classifier module's output) with the nearest class mean, so it needs a
     second pass once the means are final:
-    - ``cache``: keep pass-1 features in CPU memory and replay them (``True``), never
+    - ``cache``: keep pass-1 features and logits in CPU memory and replay them (``True``), never
       (``False``), or while they fit in ``DEFAULT_CACHE_BYTES`` / the given number of bytes
       (``"auto"`` / int); without a cache the second pass runs the model again, which needs a
       loader that yields the same samples again (shuffling is fine, random augmentation not).
@@ -356,8 +362,8 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
                 size += f.element_size() * f.numel() + z.element_size() * z.numel() + 8 * y.numel()
                 if limit is not None and size > limit:
                     cached = None
-                else:
-                    cached.append((f, y, z))
+                else:  # on the CPU: device memory is precious, the accumulator moves it back
+                    cached.append((f.cpu(), y, z.cpu()))
     if seen == 0:
         raise ValueError("the loader produced no batches")
 
