@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ncollapse.geometry import canonical_etf, procrustes  # noqa: E402
+from ncollapse.geometry import canonical_etf, etf_distance, procrustes  # noqa: E402
 from ncollapse.io import atomic_write_bytes  # noqa: E402
 from ncollapse.runs import Run, load_run, load_snapshot  # noqa: E402
 
@@ -63,7 +63,8 @@ class Frame:
     """One picture, in the coordinates of the reference ETF (vertices at unit distance).
 
     ``features`` (n, K−1) with ``labels`` (n,) holding positions 0..K−1 into ``class_ids``;
-    ``means``, ``weights`` (or None) and ``etf`` are (K, K−1).
+    ``means``, ``weights`` (or None) and ``etf`` are (K, K−1). ``etf_distance`` is
+    :func:`ncollapse.geometry.etf_distance` of the chosen class means (0 for an exact ETF).
     """
 
     epoch: int
@@ -177,7 +178,7 @@ def project_frame(features: Any, labels: Any, means: Any, class_ids: Sequence[in
         rms = float(np.sqrt(np.mean(np.sum(wc * wc, axis=1))))
         view_w = wc / rms if rms > 0 else wc
     view_means = mc @ to_view
-    distance = float(np.linalg.norm(view_means - etf) / np.linalg.norm(view_means))
+    distance = etf_distance(mu, center=True)
     return Frame(epoch=int(epoch), nc1=None if nc1 is None else float(nc1),
                  features=view_feats, labels=view_labels, means=view_means, weights=view_w,
                  etf=etf, class_ids=tuple(int(c) for c in ids), etf_distance=distance,

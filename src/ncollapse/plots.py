@@ -216,6 +216,8 @@ def plot_panel(ax: Axes, runs: Sequence[Run | str | Path], panel: str | Panel, *
     _format_axes(ax, spec, x_all, has_data)
     ax.set_title(spec.title)
     notes = _group_notes(missing)
+    if not has_data and len({why for _, why in missing}) == 1:
+        notes = [missing[0][1]]  # the same reason everywhere: say it once
     if not has_data:
         ax.text(0.5, 0.5, _wrap("no data: " + "; ".join(notes), 42),
                 transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35",
@@ -293,8 +295,9 @@ def overview_figure(runs: Sequence[Run | str | Path], *, labels: Sequence[str] |
             plot_panel(ax, run_list, name, legend="styles", colours=colours)
         handles = [Line2D([], [], color=c, linewidth=2.2, label=_run_label(r))
                    for r, c in zip(run_list, colours, strict=False)]
-        handles.append(Line2D([], [], color="0.3", linestyle=TPT_STYLE, linewidth=1.1,
-                              label="TPT onset (first epoch with zero training error)"))
+        if any(r.tpt_onset is not None for r in run_list):
+            handles.append(Line2D([], [], color="0.3", linestyle=TPT_STYLE, linewidth=1.1,
+                                  label="TPT onset (first epoch with zero training error)"))
         fig.legend(handles=handles, loc="outside lower center",
                    ncol=min(len(handles), 4), fontsize=8.5, frameon=False)
         fig.suptitle(title or _default_title(run_list), fontsize=12)
@@ -322,17 +325,18 @@ def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int | None = None) -> by
                 "pdf": {"CreationDate": None, "ModDate": None}}[fmt]
     buf = io.BytesIO()
     with matplotlib.rc_context(STYLE):
-        fig.savefig(buf, format=fmt, dpi=dpi or STYLE["savefig.dpi"], bbox_inches="tight",
-                    pad_inches=0.05, metadata=metadata)
+        # constrained layout keeps every artist inside the canvas (tested), so no second
+        # "tight" drawing pass is needed
+        fig.savefig(buf, format=fmt, dpi=dpi or STYLE["savefig.dpi"], metadata=metadata)
     return buf.getvalue()
 
 
 def plot_runs(run_dirs: Iterable[str | Path | Run], out_dir: str | Path,
-              formats: Sequence[str] = ("png", "svg"), *, labels: Sequence[str] | None = None
-              ) -> list[Path]:
+              formats: Sequence[str] = ("png", "svg"), *, labels: Sequence[str] | None = None,
+              dpi: int | None = None) -> list[Path]:
     """Write ``overview.<fmt>`` and one ``<panel>.<fmt>`` per panel into ``out_dir``.
 
-    Returns the written paths (overview first).
+    ``dpi`` applies to PNG (default 150). Returns the written paths (overview first).
     """
     formats = _check_formats(formats)
     run_list = _as_runs(list(run_dirs), labels)
@@ -344,7 +348,7 @@ def plot_runs(run_dirs: Iterable[str | Path | Run], out_dir: str | Path,
     for name, fig in figures:
         for fmt in formats:
             path = out_dir / f"{name}.{fmt}"
-            atomic_write_bytes(path, figure_bytes(fig, fmt))
+            atomic_write_bytes(path, figure_bytes(fig, fmt, dpi=dpi))
             written.append(path)
     return written
 
@@ -409,8 +413,9 @@ def _series_data(run: Run, series: Series, log_y: bool
 def _missing_reason(run: Run, series: Series, keys: Sequence[str], y: np.ndarray,
                     log_y: bool) -> str:
     if not run.metrics and not (series.epochs_source_ok and run.epochs):
-        return "no measurements recorded" + (f" ({run.describe_state()})"
-                                             if run.state != "finished" else "")
+        state = run.describe_state().split(":")[0]
+        return "no measurements recorded" + (f" (run {state})" if run.state != "finished"
+                                             else "")
     key = keys[0]
     leaf = key.rsplit(".", 1)[-1]
     present = any(run.has_key(k) for k in keys)

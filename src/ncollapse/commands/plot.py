@@ -1,0 +1,41 @@
+"""``ncollapse plot``: the paper's figures for one or more run directories."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot", help="paper figures (NC1-NC4, error, loss, accuracy vs epoch) for runs",
+        description="One panel per measure against epoch on log axes, in the style of Papyan, "
+                    "Han & Donoho (2020), with the TPT onset marked; several runs overlay. "
+                    "Writes overview.<fmt> and one <panel>.<fmt> per measure.",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: RUN_DIR/figures for one run, ./figures "
+                        "for several)")
+    p.add_argument("--format", default="png,svg", dest="formats",
+                   help="comma-separated formats among png, svg, pdf (default: png,svg)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: 150)")
+    p.add_argument("--label", action="append", dest="labels", metavar="NAME",
+                   help="legend name of a run, once per run in order (default: directory names)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ncollapse.plots import plot_runs
+    from ncollapse.runs import load_runs
+
+    runs = load_runs(args.run_dirs, args.labels)
+    out = args.out
+    if out is None:
+        out = runs[0].path / "figures" if len(runs) == 1 else Path("figures")
+    for r in runs:
+        for problem in r.problems:
+            print(f"note: {r.name}: {problem}")
+    paths = plot_runs(runs, out, args.formats, dpi=args.dpi)
+    print(f"wrote {len(paths)} files to {out}/ (overview: {paths[0]})")
+    return 0
