@@ -112,6 +112,26 @@ def test_singular_total_covariance_lambda_zero() -> None:
     assert np.abs(out["weight_ls"] @ null.T).max() < 1e-12
 
 
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_target_scale(scale: float) -> None:
+    rng = np.random.default_rng(8)
+    h, y = _features(rng)
+    c = 4
+    w, b = rng.normal(size=(c, h.shape[1])), rng.normal(size=c)
+    out = mse_decomposition(h, y, w, b, 0.2, target_scale=scale)
+    r = h @ w.T + b - scale * np.eye(c)[y]
+    direct = 0.5 * np.mean(np.sum(r**2, axis=1)) + 0.1 * (np.sum(w**2) + np.sum(b**2))
+    assert abs(out["loss"] - direct) < TOL * scale**2
+    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL * scale**2
+    # least squares against scaled targets: k times the k = 1 solution
+    n, d = h.shape
+    x = np.vstack([np.hstack([h, np.ones((n, 1))]) / np.sqrt(n), np.sqrt(0.2) * np.eye(d + 1)])
+    t = np.vstack([scale * np.eye(c)[y] / np.sqrt(n), np.zeros((d + 1, c))])
+    sol = np.linalg.lstsq(x, t, rcond=None)[0].T
+    np.testing.assert_allclose(out["weight_ls"], sol[:, :d], atol=TOL * scale)
+    np.testing.assert_allclose(out["bias_ls"], sol[:, d], atol=TOL * scale)
+
+
 def test_errors_name_the_problem() -> None:
     rng = np.random.default_rng(0)
     h, y = _features(rng)
@@ -126,6 +146,8 @@ def test_errors_name_the_problem() -> None:
         mse_decomposition(h, y + 1, w, None, 0.0)
     with pytest.raises(ValueError, match="bias"):
         mse_decomposition(h, y, w, np.zeros(3), 0.0)
+    with pytest.raises(ValueError, match="target_scale"):
+        mse_decomposition(h, y, w, None, 0.0, target_scale=0.0)
 
 
 # ---------------------------------------------------------------------------- central path
@@ -263,6 +285,8 @@ def _fake_run(tmp_path, with_decomposition: bool = True):
 
 
 def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
+    import json
+
     run, rows = _fake_run(tmp_path)
     data = read_mse_decomposition(run)
     np.testing.assert_array_equal(data["epoch"], np.arange(1, 31))
@@ -270,6 +294,10 @@ def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
                                   [r["mse_decomposition"]["ls_perp"] for r in rows])
     out = plot_mse_decomposition(run, tmp_path / "fig.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a row whose decomposition failed (imbalanced classes) is skipped
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"epoch": 31, "mse_decomposition": {"error": "imbalanced"}}) + "\n")
+    assert len(read_mse_decomposition(run)["epoch"]) == 30
     ce_run, _ = _fake_run(tmp_path, with_decomposition=False)
     with pytest.raises(ValueError, match="MSE"):
         read_mse_decomposition(ce_run)

@@ -130,7 +130,7 @@ def _least_squares(h: np.ndarray, means: np.ndarray, lam: float) -> tuple[np.nda
 
 
 def mse_decomposition(features: Any, labels: Any, weight: Any, bias: Any = None,
-                      lam: float = 0.0) -> dict[str, Any]:
+                      lam: float = 0.0, *, target_scale: float = 1.0) -> dict[str, Any]:
     """The exact split L = L_NC1 + L_NC2/3 + L_LS⊥ of the ridge MSE loss [Han22].
 
     Args:
@@ -139,6 +139,9 @@ def mse_decomposition(features: Any, labels: Any, weight: Any, bias: Any = None,
         weight: (C, d) classifier W.
         bias: (C,) bias b, or None for a bias-free classifier (b = 0, see below).
         lam: ridge λ ≥ 0 on W and b, as in L above.
+        target_scale: k > 0 for targets k·e_y (the ``mse_scale`` of ``ncollapse.losses``):
+            L_k(W, b) = k²·L(W/k, b/k), so every term is k² times that of (W/k, b/k) and
+            W_LS, b_LS are k times those for k = 1.
 
     Returns:
         ``loss`` (L at the given W, b), ``nc1`` (L_NC1), ``nc2_3`` (L_NC2/3), ``ls_perp``
@@ -166,8 +169,19 @@ def mse_decomposition(features: Any, labels: Any, weight: Any, bias: Any = None,
     lam = float(lam)
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be finite and >= 0, got {lam}")
+    if isinstance(target_scale, bool) or not isinstance(target_scale, (int, float, np.floating,
+                                                                         np.integer)):
+        raise TypeError(f"target_scale must be a real number, got {type(target_scale).__name__}")
+    k = float(target_scale)
+    if not math.isfinite(k) or k <= 0:
+        raise ValueError(f"target_scale must be finite and > 0, got {target_scale}")
     y, c = _as_labels(labels, h.shape[0], c)
     _balanced_counts(y, c, "the MSE decomposition")
+    if k != 1.0:
+        out = mse_decomposition(h, y, w / k, b / k, lam)
+        return {"loss": k * k * out["loss"], "nc1": k * k * out["nc1"],
+                "nc2_3": k * k * out["nc2_3"], "ls_perp": k * k * out["ls_perp"],
+                "weight_ls": k * out["weight_ls"], "bias_ls": k * out["bias_ls"]}
 
     means = _class_means(h, y, c)
     weight_ls, bias_ls = _least_squares(h, means, lam)
@@ -396,7 +410,8 @@ def read_mse_decomposition(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Epochs and the four terms ``loss``, ``nc1``, ``nc2_3``, ``ls_perp`` from a run directory.
 
     Reads RUN_DIR/metrics.jsonl (docs/architecture.md); rows without ``mse_decomposition``
-    are skipped. Raises ValueError when no row has it (the run did not use the MSE loss).
+    (or with only an ``error`` entry, e.g. imbalanced classes) are skipped. Raises ValueError
+    when no row has it (the run did not use the MSE loss).
     """
     from ncollapse.io import read_jsonl
 
@@ -404,14 +419,16 @@ def read_mse_decomposition(run_dir: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass a run directory written by "
                                 "`ncollapse train`")
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("mse_decomposition"), dict)]
+    keys = ("loss", "nc1", "nc2_3", "ls_perp")
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("mse_decomposition"), dict)
+            and all(k in r["mse_decomposition"] for k in keys)]
     if not rows:
         raise ValueError(
             f"{path} has no 'mse_decomposition' entries: the decomposition is recorded only "
             "for runs trained with the MSE loss (train with --loss mse)"
         )
     out = {"epoch": np.array([float(r["epoch"]) for r in rows])}
-    for key in ("loss", "nc1", "nc2_3", "ls_perp"):
+    for key in keys:
         out[key] = np.array([
             np.nan if r["mse_decomposition"].get(key) is None
             else float(r["mse_decomposition"][key]) for r in rows
