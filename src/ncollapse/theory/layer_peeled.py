@@ -412,9 +412,14 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if min_cos is not None:
         summary.append(f"  mean cosine between minority classifiers {min_cos:.6f}")
-    keys = ("nc1", "equinorm_weights", "equiangular_weights", "etf_error_weights", "self_duality")
+    keys = ("nc1", "nc1_trace_ratio", "equinorm_weights", "equiangular_weights",
+            "etf_error_weights", "self_duality")
     summary.append("  NC metrics: " + ", ".join(
         f"{k}={metrics[k]:.3g}" for k in keys if metrics.get(k) is not None))
+    if min_cos is not None and min_cos > 1 - 1e-6:
+        summary.append("  (minority collapse: the minority class means coincide, so Σ_B loses "
+                       "rank and nc1 = Tr(Σ_W Σ_B^†)/C is ill-posed; nc1_trace_ratio shows the "
+                       "within-class collapse)")
     for key, rr in rows.items():
         summary.append(f"  sweep E_W,E_H={key}: minority cosine " + " ".join(
             f"R={r['ratio']:.3g}:{r['minority_cosine']:.3f}" for r in rr))
