@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--animation", type=Path, default=None, metavar="GIF",
                    help="embed this GIF instead of making one")
     p.add_argument("--no-animation", action="store_true", help="leave the animation out")
+    p.add_argument("--dpi", type=int, default=120, help="figure resolution (default: 120)")
     p.add_argument("--classes", type=int, choices=(3, 4), default=None,
                    help="classes in the animation: 3 (triangle) or 4 (tetrahedron)")
     p.set_defaults(func=run)
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     for problem in run.problems:
         print(f"note: {problem}")
     path = build_report(run, args.out, animation=args.animation, classes=args.classes,
-                        make_animation=not args.no_animation)
+                        make_animation=not args.no_animation, dpi=args.dpi)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
