@@ -448,7 +448,7 @@ def plot_mse_decomposition(run_dir: str | Path, out_path: str | Path) -> Path:
     data = read_mse_decomposition(run_dir)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     styles = [("loss", "total loss L", "k", "-"), ("nc1", "L_NC1 (within-class)", "C0", "-"),
-              ("nc2_3", "L_NC2/3 (means vs ETF)", "C1", "-"),
+              ("nc2_3", "L_NC2/3 (W_LS·means + b_LS vs I)", "C1", "-"),
               ("ls_perp", "L_LS⊥ (off central path)", "C3", "--")]
     for key, label, color, ls in styles:
         vals = np.where(data[key] > 0, data[key], np.nan)
