@@ -650,7 +650,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         f"{sol.iterations} {'RHS evaluations' if mixon else 'iterations'}, {sol.time_s:.2f} s",
         f"  objective            {sol.objective:.15g}",
         f"  closed form          {cf.objective:.15g}" if cf is not None
-        else "  closed form          none known for this model",
+        else "  closed form          " + _no_closed_form_reason(p),
         f"  gradient norm        {sol.gradient_norm:.3g}"
         + ("" if sol.gradient_norm < 1e-8 else "  (NOT below 1e-8)"),
     ]
@@ -692,6 +692,16 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         "comparison": comparison, "sweep": rows,
         "summary": summary, "figures": figures,
     }
+
+
+def _no_closed_form_reason(p: UFMProblem) -> str:
+    if p.loss == "ce" and p.dim < p.classes - 1:
+        return f"none: the simplex ETF needs d >= C-1 = {p.classes - 1}"
+    if (p.loss == "ce" or not p.bias) and (p.lambda_w <= 0 or p.lambda_h <= 0):
+        return "none: with lambda_W or lambda_H = 0 the infimum is not attained"
+    if p.loss == "mse" and p.bias and p.dim < p.classes - 1:
+        return f"none: zero loss needs d >= C-1 = {p.classes - 1}"
+    return "none known (MSE with bias is covered only without weight decay [Mix20])"
 
 
 def _sweep_lambdas(problem: UFMProblem, points: int) -> np.ndarray:
