@@ -99,18 +99,19 @@ def _f(x: torch.Tensor | float) -> float:
     return float(x)
 
 
-def _angles(x: torch.Tensor) -> tuple[float, float | None, float, float]:
+def _angles(x: torch.Tensor, gram: torch.Tensor | None = None
+            ) -> tuple[float, float | None, float, float]:
     """Equinorm, equiangularity, max-angle and ETF-Gram error of the rows of ``x`` (float64)."""
     c = x.shape[0]
+    g = x @ x.T if gram is None else gram
     norms = x.norm(dim=1)
     equinorm = _f(norms.std(unbiased=True) / norms.mean())
-    xn = x / norms[:, None]
-    cos = xn @ xn.T
+    cos = g / norms[:, None] / norms[None, :]
     iu = torch.triu_indices(c, c, offset=1, device=x.device)
     pair = cos[iu[0], iu[1]]
     equiang = _f(pair.std(unbiased=True)) if pair.numel() > 1 else None
     maxangle = _f((pair + 1.0 / (c - 1)).abs().mean())
-    return equinorm, equiang, maxangle, _etf_error(x @ x.T)
+    return equinorm, equiang, maxangle, _etf_error(g)
 
 
 def _etf_error(g: torch.Tensor) -> float:
@@ -119,19 +120,22 @@ def _etf_error(g: torch.Tensor) -> float:
     return _f(torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target))
 
 
-def _pair_sqdist(x: torch.Tensor) -> torch.Tensor:
+def _pair_sqdist(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Squared distances between the rows of ``x`` (float64), exact differences when small."""
     c, d = x.shape
     if c * c * d <= 1 << 24:
         return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    sq = (x * x).sum(1)
-    out = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    g = x @ x.T if gram is None else gram
+    sq = g.diagonal()
+    out = sq[:, None] + sq[None, :] - 2.0 * g
     out.clamp_(min=0.0).fill_diagonal_(0.0)
     return out
 
 
-class _NotReady(RuntimeError):
-    pass
+def _gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """h - table[idx] in one fresh buffer (index_select is much faster than fancy indexing)."""
+    out = torch.index_select(table, 0, idx)
+    return torch.sub(h, out, out=out)
 
 
 # ----------------------------------------------------------------------------- accumulator
@@ -234,6 +238,7 @@ class NCAccumulator:
         self._decided = torch.zeros((), dtype=torch.int64, device=dev)
         if w is not None:
             self._shift_logits = torch.zeros(c, c, dtype=_F64, device=dev)
+            self._wmax = float(w.norm(dim=1).max())
 
     def _check_usable(self) -> None:
         if self._poisoned:
@@ -295,24 +300,28 @@ class NCAccumulator:
             self._have |= new
             if self._shift_logits is not None:
                 self._shift_logits[cls] = self._table(rows.to(_F64))
-        width = self.dim + (c if (self._weight is not None and lg is None) else 0)
-        step = _chunk_rows(width)
+        classify = self._classify_pass1 and (lg is not None or self._weight is not None)
+        chan = self._track_scatter or self.full_covariance
+        step = _chunk_rows(self.dim + (c if classify else 0))
+        if classify and lg is None:
+            t64 = self._shift_logits - self._shift_logits.diagonal()[:, None]
+            self._p1_table = (t64.to(self._ct), t64.abs().amax(1).to(self._ct))
         for i in range(0, n, step):
             hc, yc = h[i:i + step], y[i:i + step]
-            dl = hc - self._shift[yc]
-            if not bool(torch.isfinite(dl.sum())):
-                V.report_nonfinite(hc, "features", i)
-            if self._track_scatter or self.full_covariance:
+            dl = _gather_sub(hc, self._shift, yc)
+            if chan:
                 self._chan_update(dl.to(_F64), yc)
             else:
                 self._sums.index_add_(0, yc, dl.to(_F64))
-                self._counts += torch.bincount(yc, minlength=c)
-            if self._classify_pass1:
+            if classify:
                 pred = self._classify(hc, yc, dl, None if lg is None else lg[i:i + step],
                                       pass2=False)
-                if pred is not None:
-                    self._correct += (pred == yc).sum()
-                    self._decided += yc.numel()
+                self._correct += (pred == yc).sum()
+                self._decided += yc.numel()
+        if not chan:
+            self._counts += bc
+        if not bool(torch.isfinite(self._sums[bc > 0]).all()):
+            V.report_nonfinite(h, "features")
 
     def _table(self, points: torch.Tensor) -> torch.Tensor:
         """Rows W p + b for each row p of ``points`` (float64), the logits at those points."""
@@ -364,8 +373,8 @@ class NCAccumulator:
         return idx
 
     def _classify(self, hc: torch.Tensor, yc: torch.Tensor, dl: torch.Tensor,
-                  lg: torch.Tensor | None, pass2: bool, prod: torch.Tensor | None = None
-                  ) -> torch.Tensor | None:
+                  lg: torch.Tensor | None, pass2: bool, prod: torch.Tensor | None = None,
+                  dnorm: torch.Tensor | None = None) -> torch.Tensor | None:
         """Classifier decisions for a chunk: from logits, else from W, b (None without either).
 
         ``dl`` is h - a_y for per-class anchors a (shifts in pass 1, means in pass 2) and
@@ -380,15 +389,13 @@ class NCAccumulator:
             assert self._frozen is not None
             table, tscale = self._frozen["T"], self._frozen["Tscale"]
         else:
-            assert self._shift_logits is not None
-            t64 = self._shift_logits
-            t64 = t64 - t64.diagonal()[:, None]
-            table, tscale = t64.to(ct), t64.abs().amax(1).to(ct)
+            table, tscale = self._p1_table
         if prod is None:
             prod = dl @ self._weight.T.to(ct)
-        vals = prod + table[yc]
-        wmax = float(self._weight.norm(dim=1).max())
-        scale = tscale[yc] + wmax * torch.linalg.vector_norm(dl, dim=1)
+        vals = prod + torch.index_select(table, 0, yc)
+        if dnorm is None:
+            dnorm = torch.linalg.vector_norm(dl, dim=1)
+        scale = torch.index_select(tscale, 0, yc) + self._wmax * dnorm
 
         def exact(rows: torch.Tensor) -> torch.Tensor:
             return self._table(hc[rows].to(_F64))
@@ -421,15 +428,32 @@ class NCAccumulator:
         return {"present": present, "cp": cp, "n": n, "N": total, "mu": mu, "mt": mt,
                 "mu_g": mu_g}
 
-    def _spectrum(self, mt: torch.Tensor) -> dict[str, Any]:
-        """SVD of the centred means, truncated to the top min(C-1, rank) singular triplets."""
+    @staticmethod
+    def _spectrum(mt: torch.Tensor, gram: torch.Tensor | None = None) -> dict[str, Any]:
+        """M~ = U S V^T truncated to the top min(C-1, rank) singular triplets (float64).
+
+        A direct SVD up to C^2 d = 2^27; above that the eigendecomposition of the C x C Gram
+        matrix (relative accuracy eps * cond(M~)^2 on S, like an eigendecomposition of Sigma_B).
+        """
         cp, d = mt.shape
-        u, s, vh = torch.linalg.svd(mt, full_matrices=False)
-        tol = float(s[0]) * max(cp, d) * torch.finfo(_F64).eps
+        eps = torch.finfo(_F64).eps
+        if cp * cp * d <= 1 << 27 or gram is None:
+            u, s, vh = torch.linalg.svd(mt, full_matrices=False)
+            v = vh.T
+            tol = float(s[0]) * max(cp, d) * eps
+        else:
+            lam, u = torch.linalg.eigh(gram)
+            lam, u = lam.flip(0), u.flip(1)
+            s = lam.clamp(min=0.0).sqrt()
+            tol = float(s[0]) * math.sqrt(max(cp, d) * eps) * 4
+            keep = int((s > tol).sum())
+            u, s = u[:, :keep], s[:keep]
+            v = (mt.T @ u) / s
         rank = int((s > tol).sum())
         k = max(1, min(cp - 1, rank))
         s_drop = float(s[k]) if k < s.numel() else 0.0
-        return {"u": u[:, :k], "s": s[:k], "v": vh[:k].T, "k": k, "s_drop": s_drop}
+        return {"u": u[:, :k], "s": s[:k], "v": v[:, :k].contiguous(), "k": k,
+                "s_drop": s_drop}
 
     # ------------------------------------------------------------------ pass 2
 
@@ -459,53 +483,68 @@ class NCAccumulator:
         }
 
     def _freeze(self) -> None:
-        """Tables for pass 2, all derived from the pass-1 state (deterministic)."""
+        """Tables for pass 2, all derived from the pass-1 state (deterministic).
+
+        Pass 2 works with x = h - a_y where the anchor a_y is mu_y rounded to the compute
+        dtype; e_y = mu_y - a_y is tiny and enters only through exact per-class corrections.
+        """
         st = self._mean_stats(warn=False)
-        sp = self._spectrum(st["mt"])
-        ct, dev, c = self._ct, self.device, self.num_classes
-        assert ct is not None and c is not None
-        present, cp = st["present"], st["cp"]
-        mu_full = torch.zeros(c, self.dim, dtype=_F64, device=dev)
-        mu_full[present] = st["mu"]
-        anchor = mu_full.to(ct)
-        resid = (mu_full - anchor.to(_F64)).to(ct)
-        dmat = _pair_sqdist(st["mt"])
+        ct, dev, c, d = self._ct, self.device, self.num_classes, self.dim
+        assert ct is not None and c is not None and d is not None
+        present, cp, mt = st["present"], st["cp"], st["mt"]
+        gram = mt @ mt.T
+        sp = self._spectrum(mt, gram)
+        dmat = _pair_sqdist(mt, gram)
+        mu = torch.zeros(c, d, dtype=_F64, device=dev)
+        mu[present] = st["mu"]
+        anchor = mu.to(ct)
+        a64 = anchor.to(_F64)
+        e = mu - a64
+        ev = e @ sp["v"]
         pos = torch.full((c,), -1, dtype=torch.int64, device=dev)
         pos[present] = torch.arange(cp, device=dev)
         fz: dict[str, Any] = {
-            "present": present, "pos": pos, "anchor": anchor,
-            "resid": resid if bool(resid.any()) else None,
-            "k": sp["k"], "inv_s": (1.0 / sp["s"]).to(ct), "s_max": float(sp["s"][0]),
-            "s_drop": sp["s_drop"], "v": sp["v"],
+            "present": present, "pos": pos, "anchor": anchor, "mu": mu, "mt": mt,
+            "gram": gram, "dmat": dmat, "k": sp["k"], "v": sp["v"],
+            "inv_s": (1.0 / sp["s"]).to(ct), "s_max": float(sp["s"][0]),
+            "s_drop": sp["s_drop"],
+            "nc1_corr": ((ev / sp["s"]) ** 2).sum(1), "ss_corr": (e * e).sum(1), "B": {},
         }
         if self._ncc is None:
             off = dmat + torch.diag(torch.full((cp,), math.inf, dtype=_F64, device=dev))
             rho = off.amin(1).sqrt()
             radius = torch.zeros(c, dtype=_F64, device=dev)
-            radius[present] = 0.5 * rho * (1 - 1e-3) - 2 * sp["s_drop"]
+            radius[present] = (0.5 * (1 - 1e-3) * rho - 2.0 * sp["s_drop"]
+                               - ev[present].norm(dim=1))
+            # ||a_y - mu_c||^2 = ||mu_y - mu_c||^2 - 2 e_y.(mt_y - mt_c) + ||e_y||^2
+            ge = e[present] @ mt.T
+            da = dmat - 2.0 * (ge.diagonal()[:, None] - ge) + (e[present] ** 2).sum(1)[:, None]
             dy = torch.zeros(c, cp, dtype=_F64, device=dev)
-            dy[present] = dmat
-            fz.update(radius=radius.to(ct), Dy=dy.to(ct), Dscale=dy.amax(1).to(ct),
-                      SUt=(sp["u"] * sp["s"]).T.contiguous().to(ct), mt=st["mt"],
-                      mu=mu_full)
+            dy[present] = da
+            fz.update(radius=radius.to(ct), Dy=dy.to(ct), Dscale=dy.abs().amax(1).to(ct),
+                      SUt=(sp["u"] * sp["s"]).T.contiguous().to(ct))
         else:
             nu = self._ncc
-            nut = nu - nu.mean(0)
+            nbar = nu.mean(0)
+            nut = nu - nbar
             d2 = torch.zeros(c, c, dtype=_F64, device=dev)
-            diff = st["mu"][:, None, :] - nu[None, :, :] if cp * c * self.dim <= 1 << 24 else None
-            if diff is not None:
-                d2[present] = (diff * diff).sum(-1)
+            ap = a64[present]
+            if cp * c * d <= 1 << 24:
+                d2[present] = ((ap[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
             else:
-                sq = (st["mu"] - nu.mean(0)) ** 2
-                d2[present] = (sq.sum(1)[:, None] + (nut * nut).sum(1)[None, :]
-                               - 2.0 * (st["mu"] - nu.mean(0)) @ nut.T)
-            fz.update(D2=d2.to(ct), D2scale=d2.abs().amax(1).to(ct), nut=nut, d2_64=d2,
-                      mu=mu_full, nu_max=float(nut.norm(dim=1).max()))
+                ac = ap - nbar
+                d2[present] = ((ac * ac).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
+                               - 2.0 * ac @ nut.T)
+            d2_exact = torch.zeros(c, c, dtype=_F64, device=dev)
+            muc = st["mu"] - nbar
+            d2_exact[present] = ((muc * muc).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
+                                 - 2.0 * muc @ nut.T)
+            fz.update(D2=d2.to(ct), D2scale=d2.abs().amax(1).to(ct), nut=nut,
+                      d2_64=d2_exact, nu_max=float(nut.norm(dim=1).max()))
         if self._weight is not None:
-            t64 = self._table(mu_full)
+            t64 = self._table(a64)
             t64 = t64 - t64.diagonal()[:, None]
             fz.update(T=t64.to(ct), Tscale=t64.abs().amax(1).to(ct))
-        fz["B"] = {}
         self._frozen = fz
 
     def _basis(self, with_weight: bool) -> torch.Tensor:
@@ -541,61 +580,62 @@ class NCAccumulator:
         inv_s = fz["inv_s"]
         step = _chunk_rows(self.dim + basis.shape[1])
         n = h.shape[0]
-        p2["counts"] += torch.bincount(y, minlength=c)
+        bc = torch.bincount(y, minlength=c)
+        nc1 = torch.zeros((), dtype=_F64, device=self.device)
         for i in range(0, n, step):
             hc, yc = h[i:i + step], y[i:i + step]
-            x = hc - fz["anchor"][yc]
-            if fz["resid"] is not None:
-                x -= fz["resid"][yc]
+            x = _gather_sub(hc, fz["anchor"], yc)
             rn2 = torch.linalg.vecdot(x, x)
-            if not bool(torch.isfinite(rn2).all()):
-                V.report_nonfinite(hc, "features", i)
             p2["ss"].index_add_(0, yc, rn2.to(_F64))
             prod = x @ basis
             proj = prod[:, :k]
-            p2["nc1"] += (proj * inv_s).square().sum().to(_F64)
-            ncc = self._ncc_decide(hc, yc, proj, prod[:, k:k + nn], rn2)
+            pw = proj * inv_s
+            nc1 += torch.linalg.vecdot(pw, pw).sum(dtype=_F64)
+            xn = rn2.sqrt()
+            ncc = self._ncc_decide(hc, yc, proj, prod[:, k:k + nn], xn)
             pred = self._classify(hc, yc, x, None if lg is None else lg[i:i + step], pass2=True,
-                                  prod=prod[:, k + nn:] if use_w else None)
+                                  prod=prod[:, k + nn:] if use_w else None, dnorm=xn)
             if pred is not None:
                 p2["mismatch"] += (pred != ncc).sum()
                 p2["compared"] += yc.numel()
                 p2["correct"] += (pred == yc).sum()
                 p2["decided"] += yc.numel()
+        if not bool(torch.isfinite(nc1)) or not bool(torch.isfinite(p2["ss"][bc > 0]).all()):
+            V.report_nonfinite(h, "features")
+        p2["nc1"] += nc1
+        p2["counts"] += bc
 
     def _ncc_decide(self, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tensor,
-                    nuprod: torch.Tensor, rn2: torch.Tensor) -> torch.Tensor:
-        """Nearest-class-centre decisions for a chunk (class indices)."""
+                    nuprod: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+        """Nearest-class-centre decisions (class indices) for a chunk with x = h - a_y."""
         fz = self._frozen
         assert fz is not None
+
+        def exact_r(rows: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            return hc[rows].to(_F64) - torch.index_select(fz["mu"], 0, ys)
+
         if self._ncc is not None:
-            scores = fz["D2"][yc] - 2.0 * nuprod
-            scale = fz["D2scale"][yc] + 2.0 * fz["nu_max"] * rn2.sqrt()
+            scores = torch.index_select(fz["D2"], 0, yc) - 2.0 * nuprod
+            scale = torch.index_select(fz["D2scale"], 0, yc) + 2.0 * fz["nu_max"] * xn
 
             def exact_nu(rows: torch.Tensor) -> torch.Tensor:
-                r = hc[rows].to(_F64) - fz["mu"][yc[rows]]
-                return fz["d2_64"][yc[rows]] - 2.0 * (r @ fz["nut"].T)
+                ys = yc[rows]
+                return fz["d2_64"][ys] - 2.0 * (exact_r(rows, ys) @ fz["nut"].T)
 
             return self._checked_arg(scores, scale, exact_nu, largest=False)
         pred = yc.clone()
         pn = torch.linalg.vector_norm(proj, dim=1)
-        unc = torch.nonzero(pn >= fz["radius"][yc]).flatten()
+        unc = torch.nonzero(pn >= torch.index_select(fz["radius"], 0, yc)).flatten()
         if unc.numel():
             yu = yc[unc]
-            pu = proj[unc]
-            scores = fz["Dy"][yu] - 2.0 * (pu @ fz["SUt"])
-            scale = (fz["Dscale"][yu] + 2.0 * fz["s_max"] * pn[unc]
-                     + 2.0 * fz["s_drop"] * rn2[unc].sqrt() / self._tol())
+            scores = torch.index_select(fz["Dy"], 0, yu) - 2.0 * (proj[unc] @ fz["SUt"])
+            scale = (torch.index_select(fz["Dscale"], 0, yu) + 2.0 * fz["s_max"] * pn[unc]
+                     + 2.0 * fz["s_drop"] * xn[unc] / self._tol())
 
             def exact(rows: torch.Tensor) -> torch.Tensor:
-                hr = hc[unc[rows]].to(_F64)
-                r = hr - fz["mu"][yu[rows]]
-                dy = fz["Dy"][yu[rows]].to(_F64)
-                mt = fz["mt"]
-                pos = fz["pos"][yu[rows]]
-                dy = ((mt[pos][:, None, :] - mt[None, :, :]) ** 2).sum(-1) if (
-                    rows.numel() * mt.numel() <= 1 << 24) else dy
-                return dy - 2.0 * (r @ mt.T)
+                ys = yu[rows]
+                r = hc[unc[rows]].to(_F64) - torch.index_select(fz["mu"], 0, ys)
+                return fz["dmat"][fz["pos"][ys]] - 2.0 * (r @ fz["mt"].T)
 
             idx = self._checked_arg(scores, scale, exact, largest=False)
             pred[unc] = fz["present"][idx]
@@ -628,9 +668,14 @@ class NCAccumulator:
                                "bias must be (C,), one entry per class", dev)
         present, cp, n, total = st["present"], st["cp"], st["n"], st["N"]
         mt = st["mt"]
+        if self.phase == 2:
+            gram, dmat = self._frozen["gram"], self._frozen["dmat"]
+        else:
+            gram = mt @ mt.T
+            dmat = _pair_sqdist(mt, gram)
         out = NCMetrics(num_classes=cp, num_samples=total, dim=int(self.dim))
         out.equinorm_means, out.equiangular_means, out.maxangle_means, out.etf_error_means = (
-            _angles(mt))
+            _angles(mt, gram))
         ss = None
         if self.phase == 2:
             assert self._p2 is not None and self._counts is not None
@@ -639,8 +684,10 @@ class NCAccumulator:
                     f"pass 2 saw {int(self._p2['counts'].sum())} samples with per-class counts "
                     f"different from pass 1 ({total} samples); both passes must see the same data"
                 )
-            ss = self._p2["ss"][present]
-            out.nc1 = _f(self._p2["nc1"] / total)
+            fz = self._frozen
+            cnt = self._counts.to(_F64)
+            ss = (self._p2["ss"] - cnt * fz["ss_corr"])[present]
+            out.nc1 = _f((self._p2["nc1"] - (cnt * fz["nc1_corr"]).sum()) / total)
             if int(self._p2["compared"]) == total:
                 out.ncc_mismatch = _f(self._p2["mismatch"].to(_F64) / total)
             if int(self._p2["decided"]) == total:
@@ -651,7 +698,7 @@ class NCAccumulator:
         if out.accuracy is None and self._decided is not None and int(self._decided) == total:
             out.accuracy = _f(self._correct.to(_F64) / total)
         if self.phase == 1 and self._scatter is not None:
-            sp = self._spectrum(mt)
+            sp = self._spectrum(mt, gram)
             vv = sp["v"]
             quad = ((self._scatter @ vv) * vv).sum(0)
             out.nc1 = _f((quad / sp["s"] ** 2).sum() / total)
@@ -660,7 +707,6 @@ class NCAccumulator:
             tr_b = (mt * mt).sum() / cp
             out.nc1_trace_ratio = _f(tr_w / tr_b)
             var = ss / n
-            dmat = _pair_sqdist(mt)
             iu = torch.triu_indices(cp, cp, offset=1, device=dev)
             out.cdnv = _f(((var[iu[0]] + var[iu[1]]) / (2.0 * dmat[iu[0], iu[1]])).mean())
         if w is not None:
