@@ -549,6 +549,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     from ncollapse import measure
 
     c, n, d = args.classes, args.per_class, args.dim
+    run_data = read_mse_decomposition(args.run) if args.run is not None else None  # fail early
     start = time.perf_counter()
     omega0 = np.geomspace(args.omega_max, args.omega_min, c - 1)
     h0, y = initial_features(c, n, d, omega0, seed=args.seed)
@@ -590,9 +591,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         "recurrence_max_rel_error": rec_err, "ode_max_rel_error": ode_err,
         "invariance_error": inv_err, "seconds": elapsed,
     }
-    if args.run is not None:
-        data = read_mse_decomposition(args.run)
-        last = {k: float(v[-1]) for k, v in data.items()}
+    if run_data is not None:
+        last = {k: float(v[-1]) for k, v in run_data.items()}
         result["run_decomposition_last"] = last
         summary.append(
             f"run {args.run}: epoch {last['epoch']:.0f}: L={last['loss']:.4e} = NC1 "
