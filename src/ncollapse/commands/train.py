@@ -1,0 +1,149 @@
+"""``ncollapse train``: train into the terminal phase with tracking, or resume, or sweep the lr."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from ncollapse.config import DEVICES, LR_SELECT, OPTIMIZERS, PRESETS, SCHEDULES
+
+# flag dest -> TrainConfig field (flags left unset do not override the preset or file)
+_FLAG_FIELDS = (
+    "dataset", "root", "download", "per_class", "imbalance", "ratio", "model", "width", "depth",
+    "batchnorm", "fixed_etf_classifier", "loss", "label_smoothing", "mse_scale", "focal_gamma",
+    "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "seed",
+    "device", "num_measurements", "snapshot_per_class", "measure_test", "checkpoint_every",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ncollapse.data import DATASETS
+    from ncollapse.losses import LOSSES
+    from ncollapse.models import MODELS
+
+    p = subparsers.add_parser(
+        "train", help="train a classifier into the terminal phase, tracking neural collapse",
+        description="Train with tracking of NC1-NC4 into a run directory. Precedence: "
+                    "defaults < --preset < --config < flags.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named config")
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset-or-dataset>-"
+                                            "<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--lr-sweep", action="store_true",
+                   help="train once per lr of the paper's grid (25 values in [1e-4, 0.25]) "
+                        "and report the best")
+    p.add_argument("--select", choices=LR_SELECT, default="train_loss",
+                   help="lr-sweep criterion (default: final train loss)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS)
+    g.add_argument("--root", help="data directory")
+    g.add_argument("--download", action="store_const", const=True,
+                   help="download missing files (SHA-256 checked)")
+    g.add_argument("--per-class", type=int, help="training samples per class")
+    g.add_argument("--imbalance", choices=["step", "exp"], help="class-imbalance profile")
+    g.add_argument("--ratio", type=float, help="imbalance ratio R >= 1")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS)
+    g.add_argument("--width", type=int)
+    g.add_argument("--depth", type=int)
+    g.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--fixed-etf-classifier", action="store_const", const=True,
+                   help="fix the classifier to a simplex ETF (not trained)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--loss", choices=LOSSES)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--mse-scale", type=float)
+    g.add_argument("--focal-gamma", type=float)
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", choices=DEVICES, help="auto picks CUDA when present")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--num-measurements", type=int, help="log-spaced measurement epochs")
+    g.add_argument("--snapshot-per-class", type=int, help="samples per class in snapshots")
+    g.add_argument("--measure-test", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (0: auto)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ncollapse.config import load_config
+    from ncollapse.training import TrainingDiverged, lr_sweep, run_summary, train
+
+    overrides = {k: getattr(args, k) for k in _FLAG_FIELDS}
+    progress = not args.no_progress
+    if args.resume is not None:
+        bad = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
+               if v is not None and k != "device"]
+        bad += [f for f, v in (("--preset", args.preset), ("--config", args.config),
+                               ("--lr-sweep", args.lr_sweep), ("--out", args.out)) if v]
+        if bad:
+            raise ValueError("--resume takes the config from the run dir; drop "
+                             + " ".join(bad))
+        config = None
+        if args.device is not None:
+            config = load_config(path=args.resume / "config.toml",
+                                 overrides={"device": args.device})
+        out, resume = args.resume, True
+    else:
+        config = load_config(preset=args.preset, path=args.config, overrides=overrides)
+        out, resume = args.out or _default_out(config), False
+
+    if args.lr_sweep:
+        result = lr_sweep(config, out=out, select=args.select, progress=progress)
+        print(f"lr sweep: {out}")
+        for r in result["results"]:
+            val = "diverged" if r["diverged"] else (
+                f"train_loss {_fmt(r['train_loss'])}  test_accuracy {_fmt(r['test_accuracy'])}")
+            print(f"  lr {r['lr']:.4g}: {val}")
+        best = result["best"]
+        print(f"best lr by {args.select}: " + (f"{best['lr']:.6g}" if best else "none"))
+        return 0 if best else 1
+
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    if main:
+        print(f"run dir: {out}")
+    try:
+        train(config, out=out, resume=resume, progress=progress)
+    except TrainingDiverged as exc:
+        print(f"ncollapse train: failed: {exc}", file=sys.stderr)
+        return 1
+    if not main:
+        return 0
+    s = run_summary(out)
+    print(f"state: {s['state']}  epochs: {s['epoch']}  time: {_fmt(s['time'])} s")
+    print(f"TPT onset (first zero-train-error epoch): {s['tpt_onset_epoch']}")
+    if s["nc1_at_onset"] is not None:
+        print(f"NC1 at onset (epoch {s['nc1_at_onset_epoch']}): {_fmt(s['nc1_at_onset'])}")
+    print(f"final (epoch {s['final_epoch']}): NC1 {_fmt(s['nc1'])}  "
+          f"NC2 equinorm {_fmt(s['nc2_equinorm_means'])} "
+          f"equiangular {_fmt(s['nc2_equiangular_means'])}  "
+          f"NC3 {_fmt(s['nc3_self_duality'])}  NC4 {_fmt(s['nc4_ncc_mismatch'])}")
+    print(f"final train error {_fmt(s['train_error'])}  test accuracy {_fmt(s['test_accuracy'])}")
+    return 0
+
+
+def _default_out(config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.preset or config.dataset}-{stamp}"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return f"{v:.4g}"
