@@ -328,3 +328,23 @@ def test_cli_central_path(tmp_path) -> None:
     for fig in res["figures"]:
         assert (tmp_path / "o" / fig.split("/")[-1]).is_file()
     assert len(res["figures"]) == 2
+
+
+def test_decomposition_of_a_real_tiny_mse_run(tmp_path) -> None:
+    """`ncollapse train` with the MSE loss records the decomposition; the plot reads it."""
+    from ncollapse.config import load_config
+    from ncollapse.training import train
+
+    cfg = load_config(overrides={
+        "dataset": "digits", "model": "mlp", "width": 32, "depth": 2, "loss": "mse",
+        "per_class": 20, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 50, "epochs": 4,
+        "schedule": "constant", "device": "cpu", "num_measurements": 4, "measure_test": False,
+    })
+    run = tmp_path / "run"
+    train(cfg, out=run)
+    data = read_mse_decomposition(run)
+    assert len(data["epoch"]) >= 2
+    np.testing.assert_allclose(data["nc1"] + data["nc2_3"] + data["ls_perp"], data["loss"],
+                               rtol=1e-12)
+    assert np.all(data["ls_perp"] >= 0) and np.all(data["nc1"] > 0)
+    assert plot_mse_decomposition(run, tmp_path / "d.png").stat().st_size > 1000

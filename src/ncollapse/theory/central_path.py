@@ -457,7 +457,7 @@ def plot_mse_decomposition(run_dir: str | Path, out_path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss term (train set)")
-    ax.set_title(f"MSE loss decomposition [Han et al. 2022]\n{Path(run_dir).name}", fontsize=10)
+    ax.set_title(f"MSE loss decomposition [Han et al. 2022]\n{_run_label(run_dir)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -466,6 +466,19 @@ def plot_mse_decomposition(run_dir: str | Path, out_path: str | Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(out_path, buf)
     return out_path
+
+
+def _run_label(run_dir: str | Path) -> str:
+    """"dataset, model, optimizer lr …, weight decay …" from RUN_DIR/config.toml, else the name."""
+    path = Path(run_dir) / "config.toml"
+    try:
+        from ncollapse.config import read_toml
+
+        cfg = read_toml(path)  # flat: sections merged
+        return (f"{cfg['dataset']}, {cfg['model']}, {cfg.get('optimizer', '')} "
+                f"lr {cfg.get('lr', '?')}, weight decay {cfg.get('weight_decay', '?')}")
+    except (OSError, KeyError, ValueError, ImportError, TypeError):
+        return Path(run_dir).name
 
 
 def _png_bytes(fig: Any) -> bytes:
