@@ -246,7 +246,7 @@ def read_toml(path: PathLike) -> dict[str, Any]:
 
 
 # Keys save_config writes under [run] for the record only.
-RUN_INFO_KEYS = ("created", "command")
+RUN_INFO_KEYS = ("created", "command", "world_size")
 
 
 def save_config(config: TrainConfig, path: PathLike, *, extra_run: Mapping[str, Any] | None = None
