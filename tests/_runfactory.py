@@ -118,12 +118,13 @@ def make_run(path: Path, *, classes: int = 4, dim: int = 12, epochs: int = 60,
              measurements: int = 14, per_class: int = 12, onset: int | None = None,
              with_weights: bool = True, with_test: bool = True, crash_at: int | None = None,
              truncate_last_line: bool = False, snapshots: bool = True, seed: int = 0,
-             loss: str = "ce", speed: float = 1.0) -> Path:
+             loss: str = "ce", speed: float = 1.0, write_config: bool = True) -> Path:
     """Write a run directory at ``path`` and return it.
 
     ``crash_at``: the run failed after that epoch (status "failed", later rows absent).
     ``truncate_last_line``: metrics.jsonl ends in half a JSON object, as after a crash.
     ``speed``: how fast the curves fall (the exponents of the power laws are multiplied by it).
+    ``write_config=False`` keeps an existing config.toml.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,8 @@ def make_run(path: Path, *, classes: int = 4, dim: int = 12, epochs: int = 60,
                   "epochs": epochs, "batch_size": 32, "loss": loss},
         "tracking": {"measurements": measurements, "snapshot_per_class": per_class},
     }
-    (path / "config.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    if write_config:
+        (path / "config.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
 
     epoch_rows = []
     for e in range(1, last + 1):

@@ -54,6 +54,10 @@ CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
                  "#7f7f7f", "#bcbd22", "#17becf")
 VIEW_LIMIT_2D = 1.75
 VIEW_LIMIT_3D = 1.25
+# 3-D viewpoint: from here through the next ~100 degrees of rotation no two vertices of the
+# reference tetrahedron come closer than 0.56 (of 1.63) on screen
+VIEW_ELEV = 25.0
+VIEW_AZIM = -20.0
 FRAME_SIZE_IN = 5.4
 FRAME_DPI = 90
 
@@ -256,8 +260,8 @@ def ufm_frames(records: Sequence[Mapping[str, Any]], *, classes: int | None = No
 # ----------------------------------------------------------------------------- drawing
 
 
-def render_frame(frame: Frame, *, fig: Figure | None = None, azim: float = 35.0,
-                 elev: float = 18.0, out: str | Path | None = None, legend: bool = True,
+def render_frame(frame: Frame, *, fig: Figure | None = None, azim: float = VIEW_AZIM,
+                 elev: float = VIEW_ELEV, out: str | Path | None = None, legend: bool = True,
                  subtitle: str | None = None) -> Figure:
     """Draw one frame (2-D triangle or 3-D tetrahedron) on ``fig`` (a new one if None).
 
@@ -418,7 +422,7 @@ def write_animation(frames: Sequence[Frame], out: str | Path, *, fps: float = 6.
     """Write the frames as a looping GIF at ``out`` (and ``out`` with .mp4 when asked).
 
     ``mp4=None`` writes the MP4 exactly when ffmpeg is on PATH; ``True`` requires it. The last
-    frame is held for ``hold_last`` seconds; 3-D views turn by ``degrees_per_frame``.
+    frame is shown ``hold_last`` seconds longer; 3-D views turn by ``degrees_per_frame``.
     Returns the written paths (GIF first).
     """
     if not frames:
@@ -433,21 +437,24 @@ def write_animation(frames: Sequence[Frame], out: str | Path, *, fps: float = 6.
         raise ValueError("MP4 output needs ffmpeg on PATH (Debian: apt-get install ffmpeg); "
                          "drop --mp4 to write only the GIF")
     want_mp4 = bool(ffmpeg) if mp4 is None else bool(mp4)
-    sequence = list(frames) + [frames[-1]] * max(0, int(round(hold_last * fps)))
     fig = Figure(figsize=(FRAME_SIZE_IN, FRAME_SIZE_IN), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     images: list[np.ndarray] = []
-    for k, frame in enumerate(sequence):
-        render_frame(frame, fig=fig, azim=35.0 + degrees_per_frame * k)
+    for k, frame in enumerate(frames):
+        render_frame(frame, fig=fig, azim=VIEW_AZIM + degrees_per_frame * k)
         canvas.draw()
         images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    written = [_write_gif(images, out, fps)]
+    step_ms = 1000.0 / fps
+    durations = [int(round(step_ms))] * len(images)
+    durations[-1] = int(round(step_ms + 1000.0 * max(0.0, hold_last)))
+    written = [_write_gif(images, out, durations)]
     if want_mp4 and ffmpeg:
-        written.append(_write_mp4(images, out.with_suffix(".mp4"), fps, ffmpeg))
+        held = images + [images[-1]] * int(round(max(0.0, hold_last) * fps))
+        written.append(_write_mp4(held, out.with_suffix(".mp4"), fps, ffmpeg))
     return written
 
 
-def _write_gif(images: list[np.ndarray], out: Path, fps: float) -> Path:
+def _write_gif(images: list[np.ndarray], out: Path, durations: list[int]) -> Path:
     from PIL import Image
 
     first = Image.fromarray(images[0]).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
@@ -455,7 +462,7 @@ def _write_gif(images: list[np.ndarray], out: Path, fps: float) -> Path:
            for im in images]
     buf = io.BytesIO()
     pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:],
-                duration=int(round(1000 / fps)), loop=0, optimize=False, disposal=1)
+                duration=durations, loop=0, optimize=False, disposal=1)
     atomic_write_bytes(out, buf.getvalue())
     return out
 

@@ -26,12 +26,15 @@ _RUN_MARKERS = ("config.toml", "status.json", "metrics.jsonl")
 
 def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
              overrides: Mapping[str, Any] | None = None, progress: bool = True,
-             classes: int | None = None, echo: Callable[[str], None] | None = None
+             classes: int | None = None, formats: tuple[str, ...] = ("png", "svg"),
+             dpi: int | None = None, echo: Callable[[str], None] | None = None
              ) -> dict[str, Any]:
     """Train (or reuse) the demo run under ``out`` and write everything; returns the paths.
 
     ``overrides`` change the ``demo`` preset (e.g. fewer epochs for a quick check); a finished
     run made with a different config is not reused silently: it raises, suggesting ``fresh``.
+    ``formats`` and ``dpi`` are those of the figure files (PNG is always written: the report
+    embeds it); ``classes`` (3 or 4) those of the animation.
     The result maps ``run``, ``figures`` (list), ``overview``, ``animation`` (list),
     ``report`` to paths, ``trained`` to what happened (``"new"``, ``"resumed"``, ``"reused"``)
     and ``seconds`` to the wall time.
@@ -74,11 +77,13 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
 
     run = load_run(run_dir)
     say(f"[2/4] figures -> {out / 'figures'}")
-    figures = plot_runs([run], out / "figures", formats=("png", "svg"), labels=["demo"])
+    formats = ("png", *[f for f in formats if f != "png"])
+    figures = plot_runs([run], out / "figures", formats=formats, labels=["demo"], dpi=dpi)
     say(f"[3/4] animation -> {out / 'animation.gif'}")
     animation = animate_run(run, out / "animation.gif", classes)
     say(f"[4/4] report -> {out / 'report.html'}")
-    report = build_report(run, out / "report.html", animation=animation[0])
+    report = build_report(run, out / "report.html", animation=animation[0],
+                          figures_dir=out / "figures")
     seconds = time.perf_counter() - start
 
     result = {"run": run_dir, "figures": figures, "overview": figures[0],

@@ -114,18 +114,27 @@ def metric_table(run: Run) -> list[dict[str, Any]]:
 def build_report(run_dir: str | Path | Run, out: str | Path | None = None, *,
                  animation: str | Path | None = None, classes: int | None = None,
                  class_ids: Sequence[int] | None = None, make_animation: bool = True,
-                 dpi: int = 120) -> Path:
+                 dpi: int = 120, figures_dir: str | Path | None = None) -> Path:
     """Write the report of one run to ``out`` (default RUN_DIR/report.html); returns its path.
 
     ``animation``: an existing GIF to embed; otherwise one is made from the snapshots (unless
     ``make_animation`` is False), with ``classes``/``class_ids`` as for ``ncollapse animate``.
+    ``figures_dir``: embed the PNGs already written there by :func:`ncollapse.plots.plot_runs`
+    for this run (figures missing there are drawn afresh at ``dpi``).
     """
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     out = Path(out) if out is not None else run.path / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{out}: the report is an HTML file; give a path ending in .html")
-    overview = figure_bytes(overview_figure([run]), "png", dpi=dpi)
-    panels = {name: figure_bytes(panel_figure([run], name), "png", dpi=dpi) for name in PANELS}
+    ready = Path(figures_dir) if figures_dir is not None else None
+
+    def png(name: str, draw) -> bytes:
+        if ready is not None and (ready / f"{name}.png").is_file():
+            return (ready / f"{name}.png").read_bytes()
+        return figure_bytes(draw(), "png", dpi=dpi)
+
+    overview = png("overview", lambda: overview_figure([run]))
+    panels = {name: png(name, lambda n=name: panel_figure([run], n)) for name in PANELS}
     gif, gif_note = _animation_bytes(run, animation, make_animation, classes, class_ids)
     text = render_html(run, overview=overview, panels=panels, gif=gif, gif_note=gif_note)
     atomic_write_text(out, text)

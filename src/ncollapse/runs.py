@@ -179,7 +179,9 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     run.metrics = _read_metrics(path, run.problems)
     run.epochs = _read_rows(path / "epochs.jsonl", run.problems, required=False)
     run.snapshots = _find_snapshots(snapshot_dir, run.problems)
-    if run.state in ("failed", "running"):
+    if run.state == "running":
+        run.problems.append(f"the run is {run.describe_state()} (figures show it so far)")
+    elif run.state == "failed":
         run.problems.append(f"the run {run.describe_state()}")
     return run
 
