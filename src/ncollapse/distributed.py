@@ -97,3 +97,11 @@ def gather_to_main(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor | None:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every rank, so that all
+    ranks evaluate the same model rank 0 checkpoints."""
+    if info.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)

@@ -259,6 +259,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistIn
               cfg: TrainConfig, criterion, num_classes: int, *, measure: bool,
               ncc_means: torch.Tensor | None = None) -> _Eval:
     """Loss and error (eval mode) on the whole split; with ``measure`` also the NC metrics."""
+    D.broadcast_buffers(model, info)  # BatchNorm statistics: every rank evaluates rank 0's model
     was_training = model.training
     model.eval()
     try:
