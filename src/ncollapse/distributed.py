@@ -7,6 +7,7 @@ process everything here degrades to the single-process case.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -66,6 +67,10 @@ def setup(device: str = "auto") -> DistInfo:
 def teardown(info: DistInfo) -> None:
     """Leave the process group if :func:`setup` created it."""
     if info.owns_group and dist.is_initialized():
+        # DistributedDataParallel wrappers hold the group through reference cycles: free them
+        # first, and let every rank arrive, or gloo may abort at exit.
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
