@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-_CHUNK_ELEMS = 1 << 18  # about 1 MiB of float32 per temporary: stays in cache
+_CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
 _STATE_VERSION = 1
 
 
@@ -87,8 +87,15 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return _F64 if dtype == _F64 else torch.float32
 
 
-def _chunk_rows(width: int) -> int:
-    return max(32, min(8192, _CHUNK_ELEMS // max(1, width)))
+def _chunk_rows(dim: int, cols: int = 0) -> int:
+    """Rows per chunk: about a MiB of features (cache-sized elementwise work), and enough
+    rows for an efficient matrix product with ``cols`` columns."""
+    rows = _CHUNK_ELEMS // max(1, dim)
+    if cols >= 512:
+        rows = max(rows, 1024)
+    elif cols:
+        rows *= 4
+    return max(64, min(8192, rows))
 
 
 def _dist_active() -> bool:
@@ -133,7 +140,8 @@ def _pair_sqdist(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Ten
 
 
 def _gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """h - table[idx] in one fresh buffer (index_select is much faster than fancy indexing)."""
+    """h - table[idx] in one fresh buffer of the table's dtype (exact when h is float32 and
+    the table float64); index_select is much faster than fancy indexing."""
     out = torch.index_select(table, 0, idx)
     return torch.sub(h, out, out=out)
 
@@ -226,8 +234,7 @@ class NCAccumulator:
         self.dtype = h.dtype
         self._ct = _compute_dtype(h.dtype)
         self._weight, self._bias, self._ncc = w, b, ncc
-        ct = self._ct
-        self._shift = torch.zeros(c, d, dtype=ct, device=dev)
+        self._shift = torch.zeros(c, d, dtype=_F64, device=dev)  # values from the input
         self._have = torch.zeros(c, dtype=torch.bool, device=dev)
         self._counts = torch.zeros(c, dtype=torch.int64, device=dev)
         self._sums = torch.zeros(c, d, dtype=_F64, device=dev)
@@ -296,23 +303,37 @@ class NCAccumulator:
             cls = torch.nonzero(new).flatten()
             rows = h[first[cls]]
             V.check_finite(rows, "features")
-            self._shift[cls] = rows
+            self._shift[cls] = rows.to(_F64)
             self._have |= new
             if self._shift_logits is not None:
                 self._shift_logits[cls] = self._table(rows.to(_F64))
         classify = self._classify_pass1 and (lg is not None or self._weight is not None)
         chan = self._track_scatter or self.full_covariance
-        step = _chunk_rows(self.dim + (c if classify else 0))
+        step = _chunk_rows(self.dim)
         if classify and lg is None:
             t64 = self._shift_logits - self._shift_logits.diagonal()[:, None]
             self._p1_table = (t64.to(self._ct), t64.abs().amax(1).to(self._ct))
+            self._p1_wt = self._weight.T.to(self._ct).contiguous()
+        # Few classes: float32 differences (at the spread scale) summed per chunk in float32
+        # (a few dozen terms per class) and flushed to float64; else float64 throughout.
+        fast = (not chan and not classify and self._ct == torch.float32
+                and c * 16 <= step)
+        if fast:
+            shift_ct = self._shift.to(self._ct)
+            part = torch.zeros(c, self.dim, dtype=self._ct, device=self.device)
         for i in range(0, n, step):
             hc, yc = h[i:i + step], y[i:i + step]
-            dl = _gather_sub(hc, self._shift, yc)
+            if fast:
+                dl = _gather_sub(hc, shift_ct, yc)
+                part.index_add_(0, yc, dl)
+                self._sums += part
+                part.zero_()
+                continue
+            dl = _gather_sub(hc, self._shift, yc)  # float64, exact for float32 inputs
             if chan:
-                self._chan_update(dl.to(_F64), yc)
+                self._chan_update(dl, yc)
             else:
-                self._sums.index_add_(0, yc, dl.to(_F64))
+                self._sums.index_add_(0, yc, dl)
             if classify:
                 pred = self._classify(hc, yc, dl, None if lg is None else lg[i:i + step],
                                       pass2=False)
@@ -361,11 +382,13 @@ class NCAccumulator:
         """Arg-max/min per row; rows whose top two are within rounding are redone in float64."""
         if scores.shape[1] == 1:
             return torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
-        top = torch.topk(scores, 2, dim=1, largest=largest)
-        idx = top.indices[:, 0].clone()
+        best, idx = scores.max(1) if largest else scores.min(1)
         if self._ct == _F64:
             return idx
-        gap = (top.values[:, 0] - top.values[:, 1]).abs()
+        fill = -math.inf if largest else math.inf
+        rest = scores.scatter(1, idx[:, None], fill)
+        second = rest.amax(1) if largest else rest.amin(1)
+        gap = (best - second).abs()
         amb = torch.nonzero(gap <= self._tol() * scale).flatten()
         if amb.numel():
             ex = exact(amb)
@@ -391,7 +414,8 @@ class NCAccumulator:
         else:
             table, tscale = self._p1_table
         if prod is None:
-            prod = dl @ self._weight.T.to(ct)
+            dl = dl.to(ct)
+            prod = dl @ self._p1_wt
         vals = prod + torch.index_select(table, 0, yc)
         if dnorm is None:
             dnorm = torch.linalg.vector_norm(dl, dim=1)
@@ -559,7 +583,13 @@ class NCAccumulator:
             if with_weight:
                 assert self._weight is not None
                 cols.append(self._weight.T)
-            fz["B"][key] = torch.cat(cols, dim=1).to(self._ct).contiguous()
+            rows = torch.cat(cols, dim=1).T.to(self._ct)
+            width = rows.shape[0]
+            if width % 32:  # BLAS runs faster with a padded, row-major (columns x d) operand
+                pad = torch.zeros(32 - width % 32, rows.shape[1], dtype=rows.dtype,
+                                  device=rows.device)
+                rows = torch.cat([rows, pad], dim=0)
+            fz["B"][key] = rows.contiguous().T
         return fz["B"][key]
 
     def _update2(self, h: torch.Tensor, y: torch.Tensor, lg: torch.Tensor | None) -> None:
@@ -578,32 +608,33 @@ class NCAccumulator:
         k = fz["k"]
         nn = 0 if self._ncc is None else c
         inv_s = fz["inv_s"]
-        step = _chunk_rows(self.dim + basis.shape[1])
+        step = _chunk_rows(self.dim, basis.shape[1])
         n = h.shape[0]
         bc = torch.bincount(y, minlength=c)
         nc1 = torch.zeros((), dtype=_F64, device=self.device)
+        decided = 0
         for i in range(0, n, step):
             hc, yc = h[i:i + step], y[i:i + step]
             x = _gather_sub(hc, fz["anchor"], yc)
-            rn2 = torch.linalg.vecdot(x, x)
-            p2["ss"].index_add_(0, yc, rn2.to(_F64))
+            xn = torch.linalg.vector_norm(x, dim=1)
+            p2["ss"].index_add_(0, yc, xn.to(_F64).square_())
             prod = x @ basis
             proj = prod[:, :k]
             pw = proj * inv_s
             nc1 += torch.linalg.vecdot(pw, pw).sum(dtype=_F64)
-            xn = rn2.sqrt()
             ncc = self._ncc_decide(hc, yc, proj, prod[:, k:k + nn], xn)
             pred = self._classify(hc, yc, x, None if lg is None else lg[i:i + step], pass2=True,
-                                  prod=prod[:, k + nn:] if use_w else None, dnorm=xn)
+                                  prod=prod[:, k + nn:k + nn + c] if use_w else None, dnorm=xn)
             if pred is not None:
                 p2["mismatch"] += (pred != ncc).sum()
-                p2["compared"] += yc.numel()
                 p2["correct"] += (pred == yc).sum()
-                p2["decided"] += yc.numel()
+                decided += yc.numel()
         if not bool(torch.isfinite(nc1)) or not bool(torch.isfinite(p2["ss"][bc > 0]).all()):
             V.report_nonfinite(h, "features")
         p2["nc1"] += nc1
         p2["counts"] += bc
+        p2["compared"] += decided
+        p2["decided"] += decided
 
     def _ncc_decide(self, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tensor,
                     nuprod: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
@@ -747,7 +778,7 @@ class NCAccumulator:
             )
         if self.phase == 1:
             o = other._state1_on(self.device)
-            self._combine1(o["shift"].to(self._ct), o["have"], o["counts"], o["sums"], o["ss"],
+            self._combine1(o["shift"], o["have"], o["counts"], o["sums"], o["ss"],
                            o["scatter"], o["correct"], o["decided"])
         else:
             assert self._frozen is not None and other._frozen is not None
@@ -881,7 +912,7 @@ class NCAccumulator:
         finally:
             self._num_classes_arg = saved_c
         dev = self.device
-        self._shift = shift.to(dev, self._ct).clone()
+        self._shift = shift.to(dev, _F64).clone()
         self._have = sd["have"].to(dev).clone()
         self._counts = sd["counts"].to(dev).clone()
         self._sums = sd["sums"].to(dev, _F64).clone()

@@ -1,0 +1,122 @@
+"""Time ncollapse.measure against a straightforward implementation and one matmul.
+
+Synthetic float32 features on the CPU: class means m_c (random, norm about 1), features
+h = m_y + noise (norm about ``--sigma``), a classifier W (means plus noise) and bias b.
+For each workload it prints the median wall time of
+  ncollapse   : ncollapse.measure(features, labels, weight=W, bias=b), the full metric set
+  naive (a)   : one-hot matmul class means, d x d within-class covariance, full pseudo-inverse
+                of Sigma_B, NCC by a full distance matrix, all in float64 (defined below)
+  matmul (b)  : features @ means.T, one product of the same size
+and the ratios naive/ncollapse (target >= 5x on W1, >= 3x on W2) and ncollapse/matmul
+(target <= 3x). Run: ``python benchmarks/measure.py [--quick] [--repeats R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ncollapse import measure
+
+WORKLOADS = {"W1": (60_000, 512, 10), "W2": (100_000, 1024, 1000)}
+QUICK = {"W1": (6_000, 128, 10), "W2": (5_000, 128, 100)}
+
+
+def make_data(n: int, d: int, c: int, sigma: float, seed: int = 0):
+    """Synthetic features (float32), labels, classifier weight and bias."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(c, d, generator=g) / d**0.5
+    labels = torch.randint(0, c, (n,), generator=g)
+    feats = means[labels] + sigma / d**0.5 * torch.randn(n, d, generator=g)
+    weight = means + 0.1 / d**0.5 * torch.randn(c, d, generator=g)
+    bias = 0.01 * torch.randn(c, generator=g)
+    return feats.float().contiguous(), labels, weight, bias
+
+
+def naive(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: int) -> dict:
+    """The straightforward full metric set in float64 (the benchmark's baseline (a))."""
+    h = h.double()
+    w, b = w.double(), b.double()
+    n, d = h.shape
+    onehot = torch.nn.functional.one_hot(y, c).double()
+    counts = onehot.sum(0)
+    means = (onehot.T @ h) / counts[:, None]
+    mu_g = h.mean(0)
+    mt = means - mu_g
+    r = h - means[y]
+    sigma_w = r.T @ r / n
+    sigma_b = mt.T @ mt / c
+    pinv = torch.linalg.pinv(sigma_b, hermitian=True)
+    nc1 = torch.trace(sigma_w @ pinv) / c
+    out = {"nc1": float(nc1), "trace_ratio": float(torch.trace(sigma_w) / torch.trace(sigma_b))}
+    var = (r * r).sum(1) @ onehot / counts
+    dm = torch.cdist(means, means) ** 2
+    iu = torch.triu_indices(c, c, 1)
+    out["cdnv"] = float(((var[iu[0]] + var[iu[1]]) / (2 * dm[iu[0], iu[1]])).mean())
+    for name, x in (("means", mt), ("weights", w)):
+        norms = x.norm(dim=1)
+        cos = (x / norms[:, None]) @ (x / norms[:, None]).T
+        pair = cos[iu[0], iu[1]]
+        out[f"equinorm_{name}"] = float(norms.std() / norms.mean())
+        out[f"equiangular_{name}"] = float(pair.std())
+        out[f"maxangle_{name}"] = float((pair + 1 / (c - 1)).abs().mean())
+        g = x @ x.T
+        target = (torch.eye(c, dtype=g.dtype) - 1 / c) / (c - 1) ** 0.5
+        out[f"etf_error_{name}"] = float((g / g.norm() - target).norm())
+    out["self_duality"] = float(((w / w.norm() - mt / mt.norm()) ** 2).sum())
+    logits = h @ w.T + b
+    pred = logits.argmax(1)
+    ncc = torch.cdist(h, means).argmin(1)
+    out["accuracy"] = float((pred == y).double().mean())
+    out["ncc_mismatch"] = float((pred != ncc).double().mean())
+    out["bias_collapse"] = float((w @ mu_g + b).norm())
+    return out
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(quick: bool, repeats: int, sigma: float, threads: int, skip_naive: bool) -> list[dict]:
+    torch.set_num_threads(threads)
+    rows = []
+    for name, (n, d, c) in (QUICK if quick else WORKLOADS).items():
+        h, y, w, b = make_data(n, d, c, sigma)
+        means32 = torch.stack([h[y == k].mean(0) for k in range(c)])
+        measure(h, y, weight=w, bias=b)  # warm-up
+        t_nc = timed(lambda: measure(h, y, weight=w, bias=b), repeats)
+        t_mm = timed(lambda: h @ means32.T, repeats)
+        t_nv = None if skip_naive else timed(lambda: naive(h, y, w, b, c), max(1, repeats // 2))
+        m = measure(h, y, weight=w, bias=b)
+        row = {"workload": name, "N": n, "d": d, "C": c, "sigma": sigma, "nc1": m.nc1,
+               "t_ncollapse": t_nc, "t_matmul": t_mm, "t_naive": t_nv}
+        rows.append(row)
+        naive_part = (f"naive {t_nv:8.3f} s  naive/ncollapse {t_nv / t_nc:6.2f}x  "
+                      if t_nv is not None else "")
+        print(f"{name} N={n} d={d} C={c} sigma={sigma:g} nc1={m.nc1:.3g}: "
+              f"ncollapse {t_nc:7.3f} s  matmul {t_mm:7.3f} s  {naive_part}"
+              f"ncollapse/matmul {t_nc / t_mm:5.2f}x", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method (median)")
+    ap.add_argument("--sigma", type=float, default=0.5, help="noise norm relative to mean norm")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--skip-naive", action="store_true", help="do not time the naive baseline")
+    args = ap.parse_args(argv)
+    run(args.quick, args.repeats, args.sigma, args.threads, args.skip_naive)
+
+
+if __name__ == "__main__":
+    main()
