@@ -99,3 +99,29 @@ def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc
         ncc = dist.argmin(1)
     out["ncc_mismatch"] = None if pred is None else float((pred != ncc).mean())
     return out
+
+
+def synthetic(n: int, d: int, c: int, sigma: float, *, imbalanced: bool = False,
+              offset: float = 0.0, seed: int = 0, dtype=np.float64):
+    """Gaussian classes around random means: features (n, d), labels, weight (c, d), bias (c,).
+
+    ``imbalanced`` draws class sizes in proportion 1..5; ``offset`` is added to every feature
+    coordinate (a large common mean); the classifier is the means plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((c, d))
+    p = np.linspace(1.0, 5.0, c) if imbalanced else np.ones(c)
+    labels = rng.choice(c, size=n, p=p / p.sum())
+    labels[:c] = np.arange(c)  # every class present
+    feats = offset + means[labels] + sigma * rng.standard_normal((n, d))
+    weight = means + 0.3 * rng.standard_normal((c, d))
+    bias = 0.1 * rng.standard_normal(c)
+    return feats.astype(dtype), labels, weight, bias
+
+
+def simplex_etf(c: int, d: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Rows of a simplex ETF (c, d), d >= c - 1: equal norms ``scale``, cosines -1/(c-1)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, c)))
+    m = np.sqrt(c / (c - 1)) * (np.eye(c) - np.ones((c, c)) / c) @ q.T
+    return scale * m
