@@ -1,0 +1,231 @@
+"""NCAccumulator: streaming, merging, one-pass metrics, full covariance, persistence, misuse."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ncollapse import NCAccumulator, measure
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference import reference_metrics, synthetic  # noqa: E402
+from test_metrics import assert_matches  # noqa: E402
+
+MEAN_ONLY = ("nc1_trace_ratio", "cdnv", "equinorm_means", "equinorm_weights",
+             "equiangular_means", "equiangular_weights", "maxangle_means", "maxangle_weights",
+             "etf_error_means", "etf_error_weights", "self_duality", "self_duality_etf_error",
+             "accuracy", "bias_collapse", "num_classes", "num_samples", "dim")
+
+
+def batches(h, y, sizes, logits=None):
+    i = 0
+    for s in sizes:
+        yield h[i:i + s], y[i:i + s], None if logits is None else logits[i:i + s]
+        i += s
+    assert i == len(y)
+
+
+def two_pass(acc: NCAccumulator, h, y, sizes, logits=None):
+    for f, lab, lg in batches(h, y, sizes, logits):
+        acc.update(f, lab, lg)
+    acc.begin_second_pass()
+    for f, lab, lg in batches(h, y, sizes, logits):
+        acc.update(f, lab, lg)
+    return acc.compute()
+
+
+@pytest.fixture(params=[(np.float64, 1e-9), (np.float32, 1e-6)], ids=["f64", "f32"])
+def data(request):
+    dtype, rtol = request.param
+    h, y, w, b = synthetic(700, 16, 6, 1e-3, imbalanced=True, offset=1e3, seed=21,
+                           dtype=dtype)
+    return torch.from_numpy(h), torch.from_numpy(y), w, b, rtol
+
+
+def test_streaming_matches_one_shot_and_reference(data):
+    h, y, w, b, rtol = data
+    ref = reference_metrics(h, y, w, b)
+    acc = NCAccumulator(num_classes=6, weight=w, bias=b)
+    m = two_pass(acc, h, y, [1, 99, 250, 350])
+    assert_matches(m.to_dict(), ref, rtol)
+    assert_matches(m.to_dict(), measure(h, y, weight=w, bias=b).to_dict(), rtol)
+
+
+def test_first_pass_gives_mean_metrics(data):
+    h, y, w, b, rtol = data
+    ref = reference_metrics(h, y, w, b)
+    acc = NCAccumulator(weight=w, bias=b)  # num_classes from the weight
+    for f, lab, _ in batches(h, y, [300, 400]):
+        acc.update(f, lab)
+    m = acc.compute()
+    assert m.nc1 is None and m.ncc_mismatch is None
+    assert_matches(m.to_dict(), ref, rtol, keys=MEAN_ONLY)
+
+
+def test_full_covariance_gives_nc1_in_one_pass(data):
+    h, y, w, b, rtol = data
+    ref = reference_metrics(h, y, w, b)
+    acc = NCAccumulator(num_classes=6, weight=w, bias=b, full_covariance=True)
+    for f, lab, _ in batches(h, y, [123, 77, 500]):
+        acc.update(f, lab)
+    one = acc.compute()
+    assert_matches(one.to_dict(), ref, rtol, keys=MEAN_ONLY + ("nc1",))
+    acc.begin_second_pass()
+    for f, lab, _ in batches(h, y, [700]):
+        acc.update(f, lab)
+    assert acc.compute().nc1 == pytest.approx(one.nc1, rel=rtol)
+
+
+def test_merge_shards_in_both_passes(data):
+    """Shards accumulate separately; pass-1 states merge, pass-2 states merge: same result."""
+    h, y, w, b, rtol = data
+    cuts = [0, 50, 400, 700]
+    shards = [(h[a:z], y[a:z]) for a, z in zip(cuts[:-1], cuts[1:], strict=True)]
+    accs = [NCAccumulator(num_classes=6, weight=w, bias=b) for _ in shards]
+    for acc, (f, lab) in zip(accs, shards, strict=True):
+        acc.update(f, lab)
+    total = NCAccumulator(num_classes=6, weight=w, bias=b)
+    for acc in accs:
+        total.merge(acc)
+    merged_pass1 = total.state_dict()
+    assert_matches(total.compute().to_dict(), reference_metrics(h, y, w, b), rtol,
+                   keys=MEAN_ONLY)
+    # pass 2: every shard starts from the merged pass-1 state
+    for acc, (f, lab) in zip(accs, shards, strict=True):
+        acc.load_state_dict(merged_pass1)
+        acc.begin_second_pass()
+        acc.update(f, lab)
+    first = accs[0]
+    for acc in accs[1:]:
+        first.merge(acc)
+    assert_matches(first.compute().to_dict(), reference_metrics(h, y, w, b), rtol)
+
+
+def test_merge_with_disjoint_classes_and_empty():
+    h, y, w, b = synthetic(400, 10, 4, 0.2, offset=30.0, seed=2)
+    lo, hi = y < 2, y >= 2
+    a, c = NCAccumulator(num_classes=4), NCAccumulator(num_classes=4)
+    a.update(h[lo], y[lo])
+    c.update(h[hi], y[hi])
+    empty = NCAccumulator(num_classes=4)
+    a.merge(empty)
+    empty.merge(c)  # an empty accumulator adopts the other's state
+    a.merge(empty)
+    a.begin_second_pass()
+    a.update(h, y)
+    assert_matches(a.compute().to_dict(), reference_metrics(h, y), 1e-9)
+
+
+def test_logits_in_updates():
+    h, y, w, b = synthetic(500, 12, 5, 0.7, seed=4)
+    logits = h @ w.T + b
+    logits[::7] = -logits[::7]  # a classifier that is not argmax(W h + b)
+    ref = reference_metrics(h, y, w, b, logits=logits)
+    acc = NCAccumulator(num_classes=5, weight=w, bias=b)
+    m = two_pass(acc, h, y, [200, 300], logits=logits)
+    assert_matches(m.to_dict(), ref, 1e-9)
+
+
+def test_ncc_means_streaming():
+    h, y, w, b = synthetic(500, 12, 5, 0.7, seed=6)
+    centres = np.random.default_rng(3).standard_normal((5, 12))
+    ref = reference_metrics(h, y, w, b, ncc_means=centres)
+    acc = NCAccumulator(num_classes=5, weight=w, bias=b, ncc_means=centres)
+    assert_matches(two_pass(acc, h, y, [250, 250]).to_dict(), ref, 1e-9)
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_state_dict_round_trip(phase, data):
+    h, y, w, b, rtol = data
+    acc = NCAccumulator(num_classes=6, weight=w, bias=b, full_covariance=True)
+    acc.update(h[:300], y[:300])
+    if phase == 2:
+        acc.update(h[300:], y[300:])
+        acc.begin_second_pass()
+        acc.update(h[:200], y[:200])
+    buf = io.BytesIO()
+    torch.save(acc.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = NCAccumulator(num_classes=6, weight=w, bias=b, full_covariance=True)
+    fresh.load_state_dict(state)
+    for a in (acc, fresh):
+        if phase == 1:
+            a.update(h[300:], y[300:])
+        else:
+            a.update(h[200:], y[200:])
+    assert fresh.compute().to_dict() == acc.compute().to_dict()
+
+
+def test_reset_forgets_everything():
+    h, y, w, b = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3, weight=w, bias=b)
+    acc.update(h[:100] * 5.0, y[:100])
+    acc.reset()
+    assert_matches(two_pass(acc, h, y, [300]).to_dict(), reference_metrics(h, y, w, b), 1e-9)
+
+
+def test_sync_without_process_group_is_a_no_op():
+    h, y, _, _ = synthetic(200, 6, 3, 0.5)
+    acc = NCAccumulator(num_classes=3)
+    acc.update(h, y)
+    before = acc.compute().to_dict()
+    acc.sync()
+    acc.sync()
+    assert acc.compute().to_dict() == before
+
+
+def test_misuse_raises_clear_errors():
+    h, y, w, b = synthetic(200, 6, 3, 0.5)
+    acc = NCAccumulator(num_classes=3)
+    with pytest.raises(RuntimeError, match=r"begin_second_pass\(\) before any data"):
+        acc.begin_second_pass()
+    with pytest.raises(RuntimeError, match=r"compute\(\) before any data"):
+        acc.compute()
+    acc.update(h, y)
+    acc.begin_second_pass()
+    with pytest.raises(RuntimeError, match=r"begin_second_pass\(\) was already called"):
+        acc.begin_second_pass()
+    acc.update(h[:150], y[:150])
+    with pytest.raises(ValueError, match=r"pass 2 saw 150 samples .* both passes must see the "
+                                         r"same data"):
+        acc.compute()
+    other = NCAccumulator(num_classes=3)
+    other.update(h, y)
+    with pytest.raises(RuntimeError, match=r"cannot merge an accumulator in pass 1 into one in "
+                                           r"pass 2"):
+        acc.merge(other)
+    with pytest.raises(ValueError, match=r"features have dimension 5 but earlier batches had 6"):
+        other.update(h[:, :5], y)
+    wide = NCAccumulator(num_classes=4)
+    wide.update(h, y)
+    with pytest.raises(ValueError, match=r"different shapes: \(C, d\) = \(4, 6\) vs \(3, 6\)"):
+        wide.merge(other)
+    with pytest.raises(ValueError, match="cannot tell the number of classes"):
+        NCAccumulator().update(h, y)
+
+
+def test_pass_two_rejects_new_class_and_failed_update_poisons():
+    h, y, _, _ = synthetic(200, 6, 3, 0.5)
+    acc = NCAccumulator(num_classes=4)
+    acc.update(h, y)
+    acc.begin_second_pass()
+    bad = y.copy()
+    bad[3] = 3
+    with pytest.raises(ValueError, match=r"pass 2 got label 3 \(index 3\), a class that had no "
+                                         r"samples in pass 1"):
+        acc.update(h, bad)
+    acc2 = NCAccumulator(num_classes=3)
+    acc2.update(h[:100], y[:100])
+    hb = h.copy()
+    hb[150, 1] = np.nan
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(1 NaN, 0 Inf\); first at "
+                                         r"row 50"):
+        acc2.update(hb[100:], y[100:])
+    with pytest.raises(RuntimeError, match=r"call reset\(\)"):
+        acc2.compute()
