@@ -122,6 +122,7 @@ def synthetic(n: int, d: int, c: int, sigma: float, *, imbalanced: bool = False,
 def simplex_etf(c: int, d: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     """Rows of a simplex ETF (c, d), d >= c - 1: equal norms ``scale``, cosines -1/(c-1)."""
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((d, c)))
-    m = np.sqrt(c / (c - 1)) * (np.eye(c) - np.ones((c, c)) / c) @ q.T
-    return scale * m
+    lam, vec = np.linalg.eigh(np.eye(c) - np.ones((c, c)) / c)
+    e = vec[:, lam > 0.5]  # orthonormal basis of the complement of the ones vector, (c, c-1)
+    q, _ = np.linalg.qr(rng.standard_normal((d, c - 1)))  # random isometry R^(c-1) -> R^d
+    return scale * np.sqrt(c / (c - 1)) * e @ q.T

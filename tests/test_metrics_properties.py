@@ -1,0 +1,120 @@
+"""Property tests (hypothesis): invariances of the metrics, batch splitting, exact collapse."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ncollapse import NCAccumulator, measure
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference import simplex_etf, synthetic  # noqa: E402
+
+SETTINGS = settings(max_examples=15, deadline=None)
+
+
+@st.composite
+def datasets(draw):
+    c = draw(st.integers(2, 7))
+    d = draw(st.integers(c, 14))
+    n = draw(st.integers(3 * c, 120))
+    sigma = draw(st.sampled_from([1.0, 0.1, 1e-3]))
+    seed = draw(st.integers(0, 10_000))
+    imbalanced = draw(st.booleans())
+    return synthetic(n, d, c, sigma, imbalanced=imbalanced, seed=seed)
+
+
+def close(a, b, rtol, atol=1e-12):
+    """Relative agreement; atol covers values that are zero up to rounding (O(1) scale)."""
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= rtol * max(abs(a), abs(b)) + atol
+
+
+def orthogonal(d: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+@SETTINGS
+@given(datasets(), st.integers(0, 1000), st.floats(1e-3, 1e3), st.floats(-1e3, 1e3))
+def test_nc1_invariant_to_rotation_scaling_translation(data, seed, scale, shift):
+    h, y, w, b = data
+    q = orthogonal(h.shape[1], seed)
+    t = shift * np.random.default_rng(seed + 1).standard_normal(h.shape[1])
+    base = measure(h, y, weight=w, bias=b)
+    moved = measure(scale * h @ q.T + t, y, weight=w @ q.T, bias=b)
+    for key in ("nc1", "nc1_trace_ratio", "cdnv", "equinorm_means", "equiangular_means",
+                "maxangle_means", "etf_error_means", "self_duality", "self_duality_etf_error",
+                "equinorm_weights", "equiangular_weights", "etf_error_weights"):
+        assert close(getattr(base, key), getattr(moved, key), 1e-7), key
+    # rotating and scaling the weights with the features keeps decisions up to the bias
+    if scale == 1.0 and not t.any():
+        assert base.accuracy == moved.accuracy
+
+
+@SETTINGS
+@given(datasets(), st.integers(0, 1000))
+def test_class_permutation(data, seed):
+    h, y, w, b = data
+    c = w.shape[0]
+    perm = np.random.default_rng(seed).permutation(c)  # old class k -> new class perm[k]
+    w_new = np.empty_like(w)
+    w_new[perm] = w
+    b_new = np.empty_like(b)
+    b_new[perm] = b
+    base = measure(h, y, weight=w, bias=b).to_dict()
+    permuted = measure(h, perm[y], weight=w_new, bias=b_new).to_dict()
+    for key, val in base.items():
+        assert close(val, permuted[key], 1e-9), key
+
+
+@SETTINGS
+@given(datasets(), st.lists(st.integers(1, 60), min_size=1, max_size=6),
+       st.sampled_from([np.float64, np.float32]))
+def test_batch_splitting(data, sizes, dtype):
+    h, y, w, b = data
+    h = h.astype(dtype)
+    cuts = np.cumsum([0, *sizes])
+    cuts = np.unique(np.clip(cuts, 0, len(y)))
+    if cuts[-1] != len(y):
+        cuts = np.append(cuts, len(y))
+    acc = NCAccumulator(num_classes=w.shape[0], weight=w, bias=b)
+    for p in (1, 2):
+        if p == 2:
+            acc.begin_second_pass()
+        for a, z in zip(cuts[:-1], cuts[1:], strict=True):
+            acc.update(h[a:z], y[a:z])
+    got = acc.compute().to_dict()
+    want = measure(h, y, weight=w, bias=b).to_dict()
+    rtol = 1e-9 if dtype == np.float64 else 1e-6
+    for key, val in want.items():
+        assert close(got[key], val, rtol), (key, got[key], val)
+
+
+@SETTINGS
+@given(st.integers(2, 8), st.integers(0, 6), st.integers(1, 5), st.integers(0, 1000),
+       st.floats(0.1, 100.0), st.booleans())
+def test_exact_zeros_on_collapsed_features(c, extra_dim, per, seed, scale, imbalanced):
+    d = c - 1 + extra_dim if c > 2 else 1 + extra_dim + 1
+    means = simplex_etf(c, d, seed=seed, scale=scale)
+    counts = np.full(c, per)
+    if imbalanced:
+        counts = counts + np.arange(c)  # unequal class sizes
+    y = np.repeat(np.arange(c), counts)
+    m = measure(means[y], y, weight=means * 0.5)
+    assert m.nc1 == 0.0 and m.cdnv == 0.0 and m.ncc_mismatch == 0.0 and m.accuracy == 1.0
+    tol = 1e-12
+    keys = ["equinorm_weights", "maxangle_weights", "etf_error_weights"]
+    if not imbalanced:  # imbalance moves mu_G off the ETF centre; the weights stay an ETF
+        keys += ["equinorm_means", "maxangle_means", "etf_error_means", "self_duality",
+                 "self_duality_etf_error"]
+        assert abs(m.bias_collapse) <= tol * scale
+    for key in keys:
+        assert abs(getattr(m, key)) <= tol, key
+    if c > 2:
+        assert abs(m.equiangular_weights) <= tol
