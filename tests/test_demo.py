@@ -67,7 +67,7 @@ def test_demo_trains_then_reuses_then_starts_fresh(fake_train, tmp_path):
 
 def test_demo_resumes_an_unfinished_run(fake_train, tmp_path):
     out = tmp_path / "demo"
-    run_demo(out, **FAST, echo=lambda _: None)
+    ncollapse.training.train(load_config(preset="demo", overrides=QUICK), out=out / "run")
     status_path = out / "run" / "status.json"
     status = json.loads(status_path.read_text())
     status.update(state="running", epoch=5)

@@ -457,8 +457,9 @@ def write_animation(frames: Sequence[Frame], out: str | Path, *, fps: float = 6.
 def _write_gif(images: list[np.ndarray], out: Path, durations: list[int]) -> Path:
     from PIL import Image
 
-    first = Image.fromarray(images[0]).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    pal = [Image.fromarray(im).quantize(palette=first, dither=Image.Dither.NONE)
+    # one palette per frame: Pillow's mapping onto a shared palette shifts colours (white
+    # becomes 252), median cut per frame keeps the few flat colours of a plot exact
+    pal = [Image.fromarray(im).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
            for im in images]
     buf = io.BytesIO()
     pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:],
@@ -484,7 +485,7 @@ def _write_mp4(images: list[np.ndarray], out: Path, fps: float, ffmpeg: str) -> 
             proc = subprocess.run(cmd, input=data, capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')[-500:]}")
-        os.replace(tmp, out)
+        atomic_write_bytes(out, Path(tmp).read_bytes())  # usual permissions, atomic
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -111,6 +111,7 @@ class Panel:
     log_y: bool = False
     percent: bool = False
     explanation: str = ""
+    from_zero: bool = True  # linear y axes start at 0 (not for accuracy: it lives near 100 %)
 
 
 PANELS: dict[str, Panel] = {p.name: p for p in (
@@ -125,7 +126,7 @@ PANELS: dict[str, Panel] = {p.name: p for p in (
           explanation="The training loss keeps falling after the training error is zero: the "
                       "network keeps growing its margins. The test loss is shown for reference."),
     Panel("test_accuracy", "Test accuracy", "accuracy (%)",
-          (Series("test_accuracy", "test", ("test.accuracy",)),), percent=True,
+          (Series("test_accuracy", "test", ("test.accuracy",)),), percent=True, from_zero=False,
           explanation="Accuracy on held-out data. In the paper it usually keeps improving "
                       "during the terminal phase, while the collapse below deepens."),
     Panel("nc1", "NC1: within-class variability", r"Tr$(\Sigma_W\Sigma_B^\dagger)/C$",
@@ -462,8 +463,11 @@ def _format_axes(ax: Axes, spec: Panel, x_all: list[float], has_data: bool) -> N
         ax.grid(True, which="minor", axis="y", alpha=0.12)
         y_lo, y_hi = ax.get_ylim()
         _nice_log_ticks(ax.yaxis, y_lo, y_hi)
-    else:
+    elif spec.from_zero:
         ax.set_ylim(bottom=0)
+    elif spec.percent:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, min(hi, 100.0))
     if spec.percent and not spec.log_y:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}%"))
 
