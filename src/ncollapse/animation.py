@@ -292,7 +292,7 @@ def _class_colour(frame: Frame, pos: int) -> str:
 
 
 def _draw_2d(fig: Figure, frame: Frame) -> None:
-    ax = fig.add_axes((0.04, 0.16, 0.92, 0.72))
+    ax = fig.add_axes((0.04, 0.145, 0.92, 0.74))
     lim = VIEW_LIMIT_2D
     e = frame.etf
     for i in range(3):
@@ -372,10 +372,10 @@ def _draw_3d(fig: Figure, frame: Frame, *, azim: float, elev: float) -> None:
 def _outside_note(ax: Any, frame: Frame, outside: int) -> None:
     if outside:
         text = f"{outside} of {len(frame.features)} features outside the view"
-        if frame.dim == 2:
-            ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=7.5, color="0.4")
-        else:
-            ax.text2D(0.03, 0.02, text, transform=ax.transAxes, fontsize=7.5, color="0.4")
+        if frame.dim == 2:  # between the square and the legend
+            ax.figure.text(0.5, 0.118, text, ha="center", va="bottom", fontsize=7.5, color="0.4")
+        else:  # top right, where the 3-D box leaves room
+            ax.figure.text(0.97, 0.885, text, ha="right", va="top", fontsize=7.5, color="0.4")
 
 
 def _titles(fig: Figure, frame: Frame, subtitle: str | None) -> None:
