@@ -8,7 +8,9 @@ For each workload it prints the median wall time of
                 of Sigma_B, NCC by a full distance matrix, all in float64 (defined below)
   matmul (b)  : features @ means.T, one product of the same size
 and the ratios naive/ncollapse (target >= 5x on W1, >= 3x on W2) and ncollapse/matmul
-(target <= 3x). Run: ``python benchmarks/measure.py [--quick] [--repeats R]``.
+(target <= 3x); the methods run interleaved, ``--repeats`` times each, medians reported, and
+the same ratios of process CPU time (less sensitive to other load on the machine).
+Run: ``python benchmarks/measure.py [--quick] [--repeats R] [--threads T] [--sigma S]``.
 """
 
 from __future__ import annotations
@@ -76,34 +78,59 @@ def naive(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c:
     return out
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def timed(fn, args: tuple, repeats: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time of ``fn(*args)`` over ``repeats`` runs."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(*args)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _full_set(h, y, w, b):
+    return measure(h, y, weight=w, bias=b)
+
+
+def _one_matmul(h, means):
+    return h @ means.T
 
 
 def run(quick: bool, repeats: int, sigma: float, threads: int, skip_naive: bool) -> list[dict]:
+    """Time the three methods on each workload, interleaved, and print one line per workload."""
     torch.set_num_threads(threads)
     rows = []
     for name, (n, d, c) in (QUICK if quick else WORKLOADS).items():
         h, y, w, b = make_data(n, d, c, sigma)
         means32 = torch.stack([h[y == k].mean(0) for k in range(c)])
-        measure(h, y, weight=w, bias=b)  # warm-up
-        t_nc = timed(lambda: measure(h, y, weight=w, bias=b), repeats)
-        t_mm = timed(lambda: h @ means32.T, repeats)
-        t_nv = None if skip_naive else timed(lambda: naive(h, y, w, b, c), max(1, repeats // 2))
-        m = measure(h, y, weight=w, bias=b)
+        m = _full_set(h, y, w, b)  # warm-up
+        jobs = {"ncollapse": (_full_set, (h, y, w, b)), "matmul": (_one_matmul, (h, means32))}
+        if not skip_naive:
+            jobs["naive"] = (naive, (h, y, w, b, c))
+        res: dict[str, list[tuple[float, float]]] = {k: [] for k in jobs}
+        for _ in range(repeats):  # interleaved, so slow phases of a busy machine hit all three
+            for key, (fn, args) in jobs.items():
+                res[key].append(timed(fn, args, 1))
+        med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
+               for k, v in res.items()}
         row = {"workload": name, "N": n, "d": d, "C": c, "sigma": sigma, "nc1": m.nc1,
-               "t_ncollapse": t_nc, "t_matmul": t_mm, "t_naive": t_nv}
+               "threads": threads, "repeats": repeats,
+               **{f"t_{k}": v[0] for k, v in med.items()},
+               **{f"cpu_{k}": v[1] for k, v in med.items()}}
         rows.append(row)
-        naive_part = (f"naive {t_nv:8.3f} s  naive/ncollapse {t_nv / t_nc:6.2f}x  "
-                      if t_nv is not None else "")
-        print(f"{name} N={n} d={d} C={c} sigma={sigma:g} nc1={m.nc1:.3g}: "
-              f"ncollapse {t_nc:7.3f} s  matmul {t_mm:7.3f} s  {naive_part}"
-              f"ncollapse/matmul {t_nc / t_mm:5.2f}x", flush=True)
+        t_nc, t_mm = med["ncollapse"][0], med["matmul"][0]
+        line = (f"{name} N={n} d={d} C={c} sigma={sigma:g} nc1={m.nc1:.3g}: "
+                f"ncollapse {t_nc:7.3f} s  matmul {t_mm:7.3f} s  ")
+        if "naive" in med:
+            t_nv = med["naive"][0]
+            line += f"naive {t_nv:8.3f} s  naive/ncollapse {t_nv / t_nc:6.2f}x  "
+        line += f"ncollapse/matmul {t_nc / t_mm:5.2f}x"
+        cpu_nc, cpu_mm = med["ncollapse"][1], med["matmul"][1]
+        line += f"  [CPU time: ncollapse/matmul {cpu_nc / cpu_mm:5.2f}x"
+        if "naive" in med:
+            line += f", naive/ncollapse {med['naive'][1] / cpu_nc:6.2f}x"
+        print(line + "]", flush=True)
     return rows
 
 

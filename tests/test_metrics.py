@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from ncollapse import NCAccumulator, NCMetrics, measure
-from ncollapse.metrics import nc1_unnormalized, self_duality_unsquared
+from ncollapse.metrics import (
+    equiangular_ordered_pairs,
+    nc1_unnormalized,
+    self_duality_unsquared,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import reference_metrics, simplex_etf, synthetic  # noqa: E402
@@ -306,3 +310,15 @@ def test_benchmark_quick_runs(capsys):
     for r in rows:
         h, y, w, b = bench.make_data(r["N"], r["d"], r["C"], 0.5)
         assert bench.naive(h, y, w, b, r["C"])["nc1"] == pytest.approx(r["nc1"], rel=1e-5)
+
+
+def test_equiangular_ordered_pairs_matches_direct_computation():
+    h, y, w, b = synthetic(500, 12, 6, 0.5, seed=13)
+    m = measure(h, y, weight=w, bias=b)
+    means = np.stack([h[y == c].mean(0) for c in range(6)]) - h.mean(0)
+    got = equiangular_ordered_pairs(m)
+    for x, value in zip((means, w), got, strict=True):
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cos = xn @ xn.T
+        ordered = cos[~np.eye(6, dtype=bool)]  # c != c', each pair twice
+        assert value == pytest.approx(ordered.std(ddof=1), rel=1e-9)

@@ -26,6 +26,7 @@ __all__ = [
     "measure",
     "nc1_unnormalized",
     "self_duality_unsquared",
+    "equiangular_ordered_pairs",
 ]
 
 _F64 = torch.float64
@@ -78,6 +79,15 @@ def nc1_unnormalized(m: NCMetrics) -> float | None:
 def self_duality_unsquared(m: NCMetrics) -> float | None:
     """NC3 as the plain (not squared) Frobenius distance ||W/||W|| - M/||M|| ||_F."""
     return None if m.self_duality is None else math.sqrt(max(m.self_duality, 0.0))
+
+
+def equiangular_ordered_pairs(m: NCMetrics) -> tuple[float | None, float | None]:
+    """Equiangularity (means, weights) as the ddof=1 std over ordered pairs c != c' (every
+    pair counted twice), as some public code computes it, instead of over pairs c < c'."""
+    p = m.num_classes * (m.num_classes - 1) // 2
+    factor = math.sqrt(2.0 * (p - 1) / (2.0 * p - 1)) if p > 1 else 0.0
+    return tuple(None if v is None else v * factor  # type: ignore[return-value]
+                 for v in (m.equiangular_means, m.equiangular_weights))
 
 
 # ----------------------------------------------------------------------------- helpers
