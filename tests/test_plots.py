@@ -238,7 +238,7 @@ def test_cli_plot(runs_dir, tmp_path, capsys):
 
     out = tmp_path / "cli"
     rc = main(["plot", str(runs_dir / "full"), str(runs_dir / "crashed"), "--out", str(out),
-               "--format", "png", "--dpi", "60", "--label", "full", "--label", "crashed"])
+               "--format", "png", "--dpi", "60", "--label", "full", "crashed"])
     assert rc == 0
     assert (out / "overview.png").is_file() and (out / "ncc_mismatch.png").is_file()
     printed = capsys.readouterr().out

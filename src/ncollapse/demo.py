@@ -75,10 +75,10 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
         train(None, out=run_dir, resume=True, progress=progress)
         trained = "resumed"
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, name="demo")
     say(f"[2/4] figures -> {out / 'figures'}")
     formats = ("png", *[f for f in formats if f != "png"])
-    figures = plot_runs([run], out / "figures", formats=formats, labels=["demo"], dpi=dpi)
+    figures = plot_runs([run], out / "figures", formats=formats, dpi=dpi)
     say(f"[3/4] animation -> {out / 'animation.gif'}")
     animation = animate_run(run, out / "animation.gif", classes)
     say(f"[4/4] report -> {out / 'report.html'}")

@@ -8,6 +8,7 @@ that is not a run directory at all raises. The format is described in ``docs/arc
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -146,19 +147,6 @@ class Run:
         v = _number(_lookup(row, key))
         return None if math.isnan(v) else v
 
-    def num_classes(self) -> int | None:
-        """The number of classes, from the measurements or the config."""
-        for row in self.metrics:
-            c = _lookup(row, "train.num_classes")
-            if isinstance(c, int) and c > 0:
-                return c
-        data = (self.config or {}).get("data", {})
-        for key in ("num_classes", "classes"):
-            c = data.get(key) if isinstance(data, Mapping) else None
-            if isinstance(c, int) and c > 0:
-                return c
-        return None
-
 
 def load_run(path: str | Path, name: str | None = None) -> Run:
     """Read the run directory at ``path``; raises FileNotFoundError if it is not one."""
@@ -196,10 +184,11 @@ def load_runs(paths: Iterable[str | Path | Run], labels: Iterable[str] | None = 
     if labels is not None and len(names) != len(items):
         raise ValueError(f"got {len(names)} labels for {len(items)} runs; give one label per run")
     runs = [item if isinstance(item, Run) else load_run(item) for item in items]
-    if names:
-        for run, label in zip(runs, names, strict=True):
-            run.name = str(label)
-    else:
+    if names:  # renamed copies: Run objects passed in keep their names
+        runs = [dataclasses.replace(run, name=str(label))
+                for run, label in zip(runs, names, strict=True)]
+    elif len({r.name for r in runs}) != len(runs):
+        runs = [dataclasses.replace(run) for run in runs]
         _make_names_unique(runs)
     return runs
 

@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="png,svg", dest="formats",
                    help="comma-separated formats among png, svg, pdf (default: png,svg)")
     p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: 150)")
-    p.add_argument("--label", action="append", dest="labels", metavar="NAME",
-                   help="legend name of a run, once per run in order (default: directory names)")
+    p.add_argument("--label", action="extend", nargs="+", dest="labels", metavar="NAME",
+                   help="legend names of the runs, one per run in order (default: directory "
+                        "names)")
     p.set_defaults(func=run)
 
 
