@@ -103,8 +103,6 @@ def _chunk_rows(dim: int, cols: int = 0) -> int:
     rows = _CHUNK_ELEMS // max(1, dim)
     if cols >= 512:
         rows = max(rows, 1024)
-    elif cols:
-        rows *= 4
     return max(64, min(8192, rows))
 
 
@@ -540,7 +538,7 @@ class NCAccumulator:
         fz: dict[str, Any] = {
             "present": present, "pos": pos, "anchor": anchor, "mu": mu, "mt": mt,
             "gram": gram, "dmat": dmat, "k": sp["k"], "v": sp["v"],
-            "inv_s": (1.0 / sp["s"]).to(ct), "s_max": float(sp["s"][0]),
+            "s": sp["s"], "inv_s": (1.0 / sp["s"]).to(ct), "s_max": float(sp["s"][0]),
             "s_drop": sp["s_drop"],
             "nc1_corr": ((ev / sp["s"]) ** 2).sum(1), "ss_corr": (e * e).sum(1), "B": {},
         }
@@ -588,6 +586,8 @@ class NCAccumulator:
         key = bool(with_weight)
         if key not in fz["B"]:
             cols = [fz["v"]]
+            if fz["k"] <= 32:  # few classes: V S^-1 as well costs nothing in a padded product
+                cols.append(fz["v"] / fz["s"])
             if self._ncc is not None:
                 cols.append(fz["nut"].T)
             if with_weight:
@@ -614,37 +614,45 @@ class NCAccumulator:
                 f"in pass 1; pass 2 must see the same data as pass 1"
             )
         use_w = self._weight is not None and lg is None
+        classify = use_w or lg is not None
         basis = self._basis(use_w)
         k = fz["k"]
+        scaled = k <= 32  # columns k..2k hold the projections on V S^-1
+        k2 = 2 * k if scaled else k
         nn = 0 if self._ncc is None else c
         inv_s = fz["inv_s"]
         step = _chunk_rows(self.dim, basis.shape[1])
-        n = h.shape[0]
-        bc = torch.bincount(y, minlength=c)
-        nc1 = torch.zeros((), dtype=_F64, device=self.device)
-        decided = 0
+        n, dev, ct = h.shape[0], self.device, self._ct
+        # per-sample results go to buffers, reduced once after the loop (fewer small ops)
+        xn_all = torch.empty(n, dtype=ct, device=dev)
+        q_all = torch.empty(n, dtype=ct, device=dev)
+        ncc_all = torch.empty(n, dtype=torch.int64, device=dev)
+        pred_all = torch.empty(n, dtype=torch.int64, device=dev) if classify else None
         for i in range(0, n, step):
             hc, yc = h[i:i + step], y[i:i + step]
             x = _gather_sub(hc, fz["anchor"], yc)
-            xn = torch.linalg.vector_norm(x, dim=1)
-            p2["ss"].index_add_(0, yc, xn.to(_F64).square_())
+            xn = torch.linalg.vector_norm(x, dim=1, out=xn_all[i:i + step])
             prod = x @ basis
             proj = prod[:, :k]
-            pw = proj * inv_s
-            nc1 += torch.linalg.vecdot(pw, pw).sum(dtype=_F64)
-            ncc = self._ncc_decide(hc, yc, proj, prod[:, k:k + nn], xn)
-            pred = self._classify(hc, yc, x, None if lg is None else lg[i:i + step], pass2=True,
-                                  prod=prod[:, k + nn:k + nn + c] if use_w else None, dnorm=xn)
-            if pred is not None:
-                p2["mismatch"] += (pred != ncc).sum()
-                p2["correct"] += (pred == yc).sum()
-                decided += yc.numel()
-        if not bool(torch.isfinite(nc1)) or not bool(torch.isfinite(p2["ss"][bc > 0]).all()):
+            pw = prod[:, k:k2] if scaled else proj * inv_s
+            torch.linalg.vecdot(pw, pw, out=q_all[i:i + step])
+            ncc_all[i:i + step] = self._ncc_decide(hc, yc, proj, prod[:, k2:k2 + nn], xn)
+            if classify:
+                pred_all[i:i + step] = self._classify(
+                    hc, yc, x, None if lg is None else lg[i:i + step], pass2=True,
+                    prod=prod[:, k2 + nn:k2 + nn + c] if use_w else None, dnorm=xn)
+        nc1 = q_all.sum(dtype=_F64)
+        ss = torch.zeros_like(p2["ss"]).index_add_(0, y, xn_all.to(_F64).square_())
+        if not bool(torch.isfinite(nc1)) or not bool(torch.isfinite(ss).all()):
             V.report_nonfinite(h, "features")
         p2["nc1"] += nc1
-        p2["counts"] += bc
-        p2["compared"] += decided
-        p2["decided"] += decided
+        p2["ss"] += ss
+        p2["counts"] += torch.bincount(y, minlength=c)
+        if classify:
+            p2["mismatch"] += (pred_all != ncc_all).sum()
+            p2["correct"] += (pred_all == y).sum()
+            p2["compared"] += n
+            p2["decided"] += n
 
     def _ncc_decide(self, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tensor,
                     nuprod: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
