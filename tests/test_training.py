@@ -274,3 +274,22 @@ def test_cli_rejects_bad_values(capsys):
     assert "invalid choice" in capsys.readouterr().err
     assert cli_main(["train", "--epochs", "0", "--out", "unused"]) == 2
     assert "epochs must be a positive integer" in capsys.readouterr().err
+
+
+def test_benchmark_quick_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    for label in ("train() with tracking", "train() without tracking", "hand-written loop",
+                  "tracking overhead", "framework overhead"):
+        assert label in text

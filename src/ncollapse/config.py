@@ -83,6 +83,7 @@ class TrainConfig:
     measure_test: bool = field(default=True, metadata={"section": "tracking"})
     snapshot_per_class: int = field(default=20, metadata={"section": "tracking"})
     eval_batch_size: int = field(default=1024, metadata={"section": "tracking"})
+    # eval-mode training error every epoch until the TPT onset is found (then at measurements)
     track_train_error: bool = field(default=True, metadata={"section": "tracking"})
     checkpoint_every: int = field(default=0, metadata={"section": "tracking"})
 

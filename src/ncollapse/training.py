@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import random
 import sys
@@ -240,7 +241,7 @@ def _forward_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.D
     feats, logits, labels = [], [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     wrong = torch.zeros((), dtype=torch.int64, device=x.device)
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in range(0, idx.numel(), batch):
             b = idx[i:i + batch]
             xb, yb = x[b], y[b]
@@ -284,26 +285,34 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistIn
 
 
 def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=None):
-    """NCMetrics of the cached batches through ``NCAccumulator`` (synced across ranks), and the
-    exact float64 class means / global mean."""
-    from ncollapse.metrics import NCAccumulator
+    """NCMetrics of this split and its exact float64 class means / global mean.
+
+    One process: :func:`ncollapse.measure` on the features in memory. Several: each rank
+    streams its shard through ``NCAccumulator``, whose ``begin_second_pass()`` and
+    ``compute()`` all-reduce the statistics (exactly) across ranks.
+    """
+    from ncollapse.metrics import NCAccumulator, measure
 
     weight = model.classifier.weight.detach()
     bias = model.classifier.bias
     bias = None if bias is None else bias.detach()
-    # begin_second_pass() and compute() all-reduce the statistics across ranks (exact).
-    acc = NCAccumulator(num_classes=num_classes, weight=weight, bias=bias, ncc_means=ncc_means)
-    for f, z, yb in zip(feats, logits, labels, strict=True):
-        acc.update(f, yb, z)
-    acc.begin_second_pass()
-    for f, z, yb in zip(feats, logits, labels, strict=True):
-        acc.update(f, yb, z)
-    metrics = acc.compute().to_dict()
+    if info.distributed:
+        acc = NCAccumulator(num_classes=num_classes, weight=weight, bias=bias,
+                            ncc_means=ncc_means)
+        for f, z, yb in zip(feats, logits, labels, strict=True):
+            acc.update(f, yb, z)
+        acc.begin_second_pass()
+        for f, z, yb in zip(feats, logits, labels, strict=True):
+            acc.update(f, yb, z)
+        metrics = acc.compute().to_dict()
+    else:
+        metrics = measure(torch.cat(feats), torch.cat(labels), weight=weight, bias=bias,
+                          num_classes=num_classes, logits=torch.cat(logits),
+                          ncc_means=ncc_means).to_dict()
 
     # Class means in float64 for the snapshots (exact sums reduced across ranks).
-    d = feats[0].shape[1] if feats else model.classifier.weight.shape[1]
-    dev = model.classifier.weight.device
-    sums = torch.zeros(num_classes, d + 1, dtype=torch.float64, device=dev)
+    d = weight.shape[1]
+    sums = torch.zeros(num_classes, d + 1, dtype=torch.float64, device=weight.device)
     for f, yb in zip(feats, labels, strict=True):
         sums[:, :d].index_add_(0, yb, f.double())
         sums[:, d].index_add_(0, yb, torch.ones_like(yb, dtype=torch.float64))
@@ -336,12 +345,15 @@ def _mse_decomposition(ev: _Eval, model: nn.Module, cfg: TrainConfig, info: D.Di
 
 
 def _write_snapshot(run: _Run, epoch: int, model: nn.Module, x_snap: torch.Tensor,
-                    y_snap: torch.Tensor, ev: _Eval) -> None:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        f = model.features(x_snap).float().cpu().numpy()
-    model.train(was_training)
+                    y_snap: torch.Tensor, snap_idx: torch.Tensor, ev: _Eval) -> None:
+    if run.info.distributed:  # rank 0 holds only its shard of the features: recompute
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            f = model.features(x_snap).float().cpu().numpy()
+        model.train(was_training)
+    else:  # the features of the whole train set are at hand (same eval-mode forward)
+        f = ev.features[snap_idx].float().cpu().numpy()
     arrays: dict[str, np.ndarray] = {
         "features": f.astype(np.float32),
         "labels": y_snap.cpu().numpy().astype(np.int64),
@@ -494,13 +506,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
 
     start = 0
     if resume:
+        if _finished(out, cfg):  # nothing to do; leave the files untouched
+            return out
         start = _restore(run, model, opt)
-        if start >= cfg.epochs and run.write and (out / "status.json").is_file():
-            import json
-
-            state = json.loads((out / "status.json").read_text()).get("state")
-            if state == "finished":
-                return out
     elif run.write:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml", extra_run={
@@ -532,10 +540,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
                 loss_sum += loss.detach().double() * b.numel()
             D.all_reduce_sum(loss_sum, info)
             train_loss = float(loss_sum) / (order.numel() * info.world_size)
-            if not math.isfinite(train_loss) or not _finite_params(model):
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epoch}: the loss became "
-                    f"{train_loss} (lr {lr:g}); lower --lr (or run --lr-sweep)")
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"the training loss became {train_loss} (lr {lr:g})")
 
             measuring = epoch in measure_at
             train_error = None
@@ -557,8 +563,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
                     if dec is not None:
                         row["mse_decomposition"] = dec
                 if run.write and len(snap_idx):
-                    _write_snapshot(run, epoch, model, x_snap, y_snap, ev)
-            elif cfg.track_train_error:
+                    _write_snapshot(run, epoch, model, x_snap, y_snap, snap_idx_t, ev)
+            elif cfg.track_train_error and run.tpt_onset is None:
                 train_error = _evaluate(model, x_train, y_train, info, cfg, criterion,
                                         num_classes, measure=False).error
             if run.tpt_onset is None and train_error == 0:
@@ -573,6 +579,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
                 run.metrics.append(row)
             # Logs first, then the checkpoint: rows past the checkpoint are dropped on resume.
             if _checkpoint_due(cfg, epoch, now - run.last_checkpoint):
+                if not _finite_params(model):
+                    raise TrainingDiverged(f"a parameter became NaN/Inf (lr {lr:g})")
                 run.flush("running", epoch)
                 _save_checkpoint(run, epoch, model, opt)
                 run.last_checkpoint = time.perf_counter()
@@ -581,7 +589,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
             _update_bar(bar, train_loss, train_error, run.metrics)
     except TrainingDiverged as exc:
         _close(bar)
-        message = f"{exc}. The last good checkpoint is kept in {out / CHECKPOINT}."
+        message = (f"training diverged at epoch {epoch}: {exc}; lower --lr (or pick one with "
+                   f"--lr-sweep). The last good checkpoint is kept in {out / CHECKPOINT}.")
+        run.epochs = [r for r in run.epochs if r["epoch"] < epoch]
+        run.metrics = [r for r in run.metrics if r["epoch"] < epoch]
         run.flush("failed", epoch - 1, message)
         raise TrainingDiverged(message) from None
     except BaseException as exc:
@@ -602,6 +613,14 @@ def _checkpoint_due(cfg: TrainConfig, epoch: int, since: float) -> bool:
     if cfg.checkpoint_every > 0:
         return epoch % cfg.checkpoint_every == 0
     return since >= AUTO_CHECKPOINT_SECONDS
+
+
+def _finished(out: Path, cfg: TrainConfig) -> bool:
+    try:
+        status = json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return status.get("state") == "finished" and status.get("epoch") == cfg.epochs
 
 
 def _finite_params(model: nn.Module) -> bool:
@@ -667,8 +686,6 @@ def run_summary(out: str | Path) -> dict[str, Any]:
     """The headline numbers of a run dir: state, TPT onset, NC1 at onset and at the end, the
     final NC1–NC4 (NC2: equinorm/equiangularity of the means, NC3: self-duality, NC4: NCC
     mismatch), final train error and test accuracy."""
-    import json
-
     out = Path(out)
     status = json.loads((out / "status.json").read_text()) if (out / "status.json").is_file() \
         else {}
