@@ -293,3 +293,14 @@ def test_benchmark_quick_runs(capsys):
     for label in ("train() with tracking", "train() without tracking", "hand-written loop",
                   "tracking overhead", "framework overhead"):
         assert label in text
+
+
+def test_cli_lr_sweep(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["train", "--lr-sweep", "--lr-grid", "1e12,0.05", "--dataset", "digits",
+            "--per-class", "10", "--model", "mlp", "--width", "12", "--depth", "1", "--epochs",
+            "2", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "lr 1e+12: diverged" in text and "best lr by train_loss: 0.05" in text
+    assert json.loads((out / "sweep.json").read_text())["best"]["lr"] == 0.05

@@ -274,8 +274,10 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistIn
     result = _Eval(loss=float(sums[0]) / n, error=float(sums[1]) / n)
     if not measure:
         return result
-    if not all(torch.isfinite(f).all() for f in feats):
-        raise TrainingDiverged("features became NaN/Inf")
+    bad = torch.tensor([sum(int((~torch.isfinite(t)).sum()) for t in feats + logits)],
+                       dtype=torch.float64, device=x.device)
+    if float(D.all_reduce_sum(bad, info)[0]) > 0:  # every rank agrees, so none waits alone
+        raise TrainingDiverged("the features or logits became NaN/Inf")
     metrics, means, gmean = _nc_metrics(model, feats, logits, labels, num_classes, info,
                                         ncc_means=ncc_means)
     result.metrics, result.means, result.global_mean = metrics, means, gmean

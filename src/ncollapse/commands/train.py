@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-sweep", action="store_true",
                    help="train once per lr of the paper's grid (25 values in [1e-4, 0.25]) "
                         "and report the best")
+    p.add_argument("--lr-grid", type=_floats, metavar="LR,LR,...",
+                   help="lr-sweep grid instead of the paper's 25 values")
     p.add_argument("--select", choices=LR_SELECT, default="train_loss",
                    help="lr-sweep criterion (default: final train loss)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         out, resume = args.out or _default_out(config), False
 
     if args.lr_sweep:
-        result = lr_sweep(config, out=out, select=args.select, progress=progress)
+        result = lr_sweep(config, out=out, grid=args.lr_grid, select=args.select,
+                          progress=progress)
         print(f"lr sweep: {out}")
         for r in result["results"]:
             val = "diverged" if r["diverged"] else (
@@ -134,6 +137,17 @@ def run(args: argparse.Namespace) -> int:
           f"NC3 {_fmt(s['nc3_self_duality'])}  NC4 {_fmt(s['nc4_ncc_mismatch'])}")
     print(f"final train error {_fmt(s['train_error'])}  test accuracy {_fmt(s['test_accuracy'])}")
     return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive learning rates, got {text!r}")
+    return values
 
 
 def _default_out(config) -> Path:
