@@ -1,7 +1,9 @@
 """Time ncollapse.measure against a straightforward implementation and one matmul.
 
-Synthetic float32 features on the CPU: class means m_c (random, norm about 1), features
-h = m_y + noise (norm about ``--sigma``), a classifier W (means plus noise) and bias b.
+Synthetic float32 features on the CPU: class means m_c (a unit simplex ETF plus 10%
+perturbation), features h = m_y + noise (norm ``--sigma``, default 0.3: moderately collapsed;
+try 1.5 for an uncollapsed regime where most nearest-mean decisions need the full scores), a
+classifier W (means plus noise) and bias b.
 For each workload it prints the median wall time of
   ncollapse   : ncollapse.measure(features, labels, weight=W, bias=b), the full metric set
   naive (a)   : one-hot matmul class means, d x d within-class covariance, full pseudo-inverse
@@ -28,14 +30,21 @@ QUICK = {"W1": (6_000, 128, 10), "W2": (5_000, 128, 100)}
 
 
 def make_data(n: int, d: int, c: int, sigma: float, seed: int = 0):
-    """Synthetic features (float32), labels, classifier weight and bias."""
+    """Synthetic float32 features near collapse, labels, classifier weight and bias.
+
+    Class means: a simplex ETF with unit norms (where trained networks head) plus a 10%
+    perturbation; features = mean + isotropic noise of norm about ``sigma``; the classifier
+    is the means plus 10% noise. NC1 is about sigma^2 (C-1)/d.
+    """
     g = torch.Generator().manual_seed(seed)
-    means = torch.randn(c, d, generator=g) / d**0.5
+    q, _ = torch.linalg.qr(torch.randn(d, c, generator=g, dtype=torch.float64))
+    etf = (c / (c - 1)) ** 0.5 * (torch.eye(c, dtype=torch.float64) - 1.0 / c) @ q.T
+    means = (etf + 0.1 / d**0.5 * torch.randn(c, d, generator=g, dtype=torch.float64)).float()
     labels = torch.randint(0, c, (n,), generator=g)
     feats = means[labels] + sigma / d**0.5 * torch.randn(n, d, generator=g)
     weight = means + 0.1 / d**0.5 * torch.randn(c, d, generator=g)
     bias = 0.01 * torch.randn(c, generator=g)
-    return feats.float().contiguous(), labels, weight, bias
+    return feats.contiguous(), labels, weight, bias
 
 
 def naive(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: int) -> dict:
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per method (median)")
-    ap.add_argument("--sigma", type=float, default=0.5, help="noise norm relative to mean norm")
+    ap.add_argument("--sigma", type=float, default=0.3, help="noise norm (class means have norm 1)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--skip-naive", action="store_true", help="do not time the naive baseline")
     args = ap.parse_args(argv)

@@ -628,18 +628,35 @@ class NCAccumulator:
         q_all = torch.empty(n, dtype=ct, device=dev)
         ncc_all = torch.empty(n, dtype=torch.int64, device=dev)
         pred_all = torch.empty(n, dtype=torch.int64, device=dev) if classify else None
-        for i in range(0, n, step):
-            hc, yc = h[i:i + step], y[i:i + step]
-            x = _gather_sub(hc, fz["anchor"], yc)
-            xn = torch.linalg.vector_norm(x, dim=1, out=xn_all[i:i + step])
-            prod = x @ basis
+        # Narrow products (few classes) go to one buffer and the decisions run once on all
+        # rows (far fewer small operations); wide ones are decided chunk by chunk.
+        bulk = n * basis.shape[1] <= 1 << 24
+        if bulk:
+            prod_all = torch.empty(n, basis.shape[1], dtype=ct, device=dev)
+            for i in range(0, n, step):
+                x = _gather_sub(h[i:i + step], fz["anchor"], y[i:i + step])
+                torch.linalg.vector_norm(x, dim=1, out=xn_all[i:i + step])
+                torch.mm(x, basis, out=prod_all[i:i + step])
+            chunks = [(0, n, prod_all)]
+        else:
+            chunks = range(0, n, step)
+        for item in chunks:
+            if bulk:
+                i, j, prod = item
+                x = None
+            else:
+                i, j = item, item + step
+                x = _gather_sub(h[i:j], fz["anchor"], y[i:j])
+                torch.linalg.vector_norm(x, dim=1, out=xn_all[i:j])
+                prod = x @ basis
+            hc, yc, xn = h[i:j], y[i:j], xn_all[i:j]
             proj = prod[:, :k]
             pw = prod[:, k:k2] if scaled else proj * inv_s
-            torch.linalg.vecdot(pw, pw, out=q_all[i:i + step])
-            ncc_all[i:i + step] = self._ncc_decide(hc, yc, proj, prod[:, k2:k2 + nn], xn)
+            torch.linalg.vecdot(pw, pw, out=q_all[i:j])
+            ncc_all[i:j] = self._ncc_decide(hc, yc, proj, prod[:, k2:k2 + nn], xn)
             if classify:
-                pred_all[i:i + step] = self._classify(
-                    hc, yc, x, None if lg is None else lg[i:i + step], pass2=True,
+                pred_all[i:j] = self._classify(
+                    hc, yc, x, None if lg is None else lg[i:j], pass2=True,
                     prod=prod[:, k2 + nn:k2 + nn + c] if use_w else None, dnorm=xn)
         nc1 = q_all.sum(dtype=_F64)
         ss = torch.zeros_like(p2["ss"]).index_add_(0, y, xn_all.to(_F64).square_())
