@@ -39,8 +39,11 @@ def test_papyan_presets_follow_the_paper_protocol():
         assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.9, 5e-4)
         assert (cfg.batch_size, cfg.epochs, cfg.schedule) == (128, 350, "step")
         assert cfg.num_measurements == 50 and cfg.device == "auto"
-        # the lr is one of the 25 grid values
-        assert min(abs(cfg.lr - v) / v for v in paper_lr_grid()) < 1e-3
+        assert cfg.lr in paper_lr_grid()  # one of the 25 grid values
+
+
+def test_demo_lr_is_on_the_grid():
+    assert load_config("demo").lr in paper_lr_grid()
 
 
 def test_paper_lr_grid_is_25_log_spaced_values():

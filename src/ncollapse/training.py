@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -730,6 +731,9 @@ def lr_sweep(config: TrainConfig, *, out: str | Path, grid: Iterable[float] | No
     """
     if select not in LR_SELECT:
         raise ValueError(f"unknown select {select!r}; valid choices: {', '.join(LR_SELECT)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("run the lr sweep in a single process (not under torchrun); each of "
+                         "its runs can then be repeated under torchrun")
     if select == "test_accuracy" and not config.measure_test:
         raise ValueError("select='test_accuracy' needs measure_test = true")
     lrs = paper_lr_grid() if grid is None else [float(v) for v in grid]
