@@ -91,12 +91,9 @@ def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc
         pred = (h @ w.T + (0 if b is None else b)).argmax(1)
     out["accuracy"] = None if pred is None else float((pred == y).mean())
     # nearest class centre by explicit distances
-    if nu is None:
-        dist = ((h[:, None, :] - means[None, :, :]) ** 2).sum(-1)
-        ncc = present[dist.argmin(1)]
-    else:
-        dist = ((h[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
-        ncc = dist.argmin(1)
+    centres = means if nu is None else nu
+    dist = np.stack([((h - m) ** 2).sum(1) for m in centres], axis=1)
+    ncc = present[dist.argmin(1)] if nu is None else dist.argmin(1)
     out["ncc_mismatch"] = None if pred is None else float((pred != ncc).mean())
     return out
 

@@ -324,7 +324,6 @@ def test_equiangular_ordered_pairs_matches_direct_computation():
         assert value == pytest.approx(ordered.std(ddof=1), rel=1e-9)
 
 
-@pytest.mark.slow
 def test_accuracy_float32_high_dimension():
     """d = 1024, C = 100 in float32 (long dot products, many classes), imbalanced, offset."""
     h, y, w, b = synthetic(4000, 1024, 100, 1e-3, imbalanced=True, offset=1e3, seed=2,
