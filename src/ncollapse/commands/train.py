@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--select", choices=LR_SELECT, default="train_loss",
                    help="lr-sweep criterion (default: final train loss)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads for this command (default: torch's choice; 1 is "
+                        "often fastest for small models on a busy machine)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS)
     g.add_argument("--root", help="data directory")
@@ -87,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in _FLAG_FIELDS}
     progress = not args.no_progress
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.resume is not None:
         bad = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
                if v is not None and k != "device"]
