@@ -304,3 +304,13 @@ def test_cli_lr_sweep(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "lr 1e+12: diverged" in text and "best lr by train_loss: 0.05" in text
     assert json.loads((out / "sweep.json").read_text())["best"]["lr"] == 0.05
+
+
+def test_imbalanced_mse_run_skips_the_decomposition_with_a_warning(tmp_path):
+    cfg = tiny(loss="mse", epochs=2, num_measurements=1, snapshot_per_class=0, lr=0.02,
+               imbalance="step", ratio=2.0)
+    with pytest.warns(UserWarning, match="MSE decomposition not recorded"):
+        out = train(cfg, out=tmp_path / "mse-imb", progress=False)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 1 and "mse_decomposition" not in rows[0]
+    assert read_jsonl(out / "epochs.jsonl")[0]["epoch"] == 1

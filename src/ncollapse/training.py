@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -343,7 +344,8 @@ def _mse_decomposition(ev: _Eval, model: nn.Module, cfg: TrainConfig, info: D.Di
                                 None if bias is None else bias.detach(),
                                 lam=cfg.weight_decay)
     except ValueError as exc:  # e.g. imbalanced classes, which the identity does not cover
-        return {"error": str(exc)}
+        warnings.warn(f"MSE decomposition not recorded: {exc}", stacklevel=2)
+        return None
     return {k: float(dec[k]) for k in ("loss", "nc1", "nc2_3", "ls_perp")}
 
 
@@ -418,6 +420,9 @@ def _save_checkpoint(run: _Run, epoch: int, model: nn.Module, opt: torch.optim.O
         "scheduler": {"schedule": run.config.schedule, "last_epoch": epoch,
                       "lr": lr_at(run.config, epoch)},
         "epoch": epoch,
+        # The batch order of epoch e is a function of (seed, e) (DistributedSampler), so this
+        # is the whole state of the data order.
+        "sampler": {"seed": run.config.seed, "epoch": epoch},
         "rng": _rng_state(),
         "tpt_onset_epoch": run.tpt_onset,
         "elapsed": run.elapsed,
@@ -525,6 +530,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
     t0 = time.perf_counter() - run.elapsed
     run.last_flush = run.last_checkpoint = time.perf_counter()
     epoch = start
+    last_error = None
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             lr = lr_at(cfg, epoch)
@@ -589,7 +595,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
                 run.last_checkpoint = time.perf_counter()
             elif now - run.last_flush >= FLUSH_SECONDS:
                 run.flush("running", epoch)
-            _update_bar(bar, train_loss, train_error, run.metrics)
+            if train_error is not None:
+                last_error = train_error
+            _update_bar(bar, train_loss, last_error, run.metrics)
     except TrainingDiverged as exc:
         _close(bar)
         message = (f"training diverged at epoch {epoch}: {exc}; lower --lr (or pick one with "
