@@ -314,3 +314,12 @@ def test_imbalanced_mse_run_skips_the_decomposition_with_a_warning(tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) == 1 and "mse_decomposition" not in rows[0]
     assert read_jsonl(out / "epochs.jsonl")[0]["epoch"] == 1
+
+
+def test_deterministic_flag_same_history_and_restored(tiny_run, tmp_path):
+    cfg, out = tiny_run
+    before = torch.are_deterministic_algorithms_enabled()
+    det = train(cfg.replace(deterministic=True), out=tmp_path / "det", progress=False)
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert without_time(read_jsonl(det / "metrics.jsonl")) == \
+        without_time(read_jsonl(out / "metrics.jsonl"))

@@ -51,6 +51,8 @@ class TrainConfig:
     preset: str | None = field(default=None, metadata={"section": "run"})
     seed: int = field(default=0, metadata={"section": "run"})
     device: str = field(default="auto", metadata={"section": "run"})
+    # torch.use_deterministic_algorithms + deterministic cuDNN (for GPUs; slower there)
+    deterministic: bool = field(default=False, metadata={"section": "run"})
     # [data]
     dataset: str = field(default="digits", metadata={"section": "data"})
     root: str | None = field(default=None, metadata={"section": "data"})

@@ -437,22 +437,27 @@ def train(config: TrainConfig | None = None, *, out: str | Path, resume: bool = 
     """Train ``config`` into the run directory ``out`` and return its path.
 
     ``resume=True`` continues the run in ``out`` from its last checkpoint (the config is read
-    from ``out/config.toml``; a given ``config`` must match it except for ``device``).
+    from ``out/config.toml``; a given ``config`` must match it except for ``device`` and
+    ``deterministic``).
     Raises :class:`TrainingDiverged` if the loss becomes NaN/Inf (the run is marked failed and
     its last good checkpoint kept), ``ValueError`` for a bad config or an occupied ``out``.
     """
     out = Path(out)
     config = _resolve_config(config, out, resume)
     info = D.setup(config.device)
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if info.device.type == "cuda":
-        # CPU kernels used here are deterministic already (and the switch costs a 4 s import).
+    restore = None
+    if config.deterministic:  # opt-in: CPU runs with a seed are reproducible without it
+        restore = (torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled(),
+                   torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         return _train(config, out, resume, progress, info)
     finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        if restore is not None:
+            torch.use_deterministic_algorithms(restore[0], warn_only=restore[1])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = restore[2:]
         D.teardown(info)
 
 
@@ -472,12 +477,13 @@ def _resolve_config(config: TrainConfig | None, out: Path, resume: bool) -> Trai
     if config is None:
         return saved
     config.validate()
+    free = ("device", "deterministic")  # how to run, not what to compute
     diff = [k for k, v in saved.to_dict().items()
-            if k != "device" and config.to_dict()[k] != v]
+            if k not in free and config.to_dict()[k] != v]
     if diff:
         raise ValueError(f"cannot resume {out} with a different config (differs in: "
                          f"{', '.join(diff)}); resume without a config or start a new run")
-    return saved.replace(device=config.device)
+    return saved.replace(device=config.device, deterministic=config.deterministic)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.DistInfo) -> Path:

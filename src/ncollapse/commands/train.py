@@ -16,7 +16,8 @@ _FLAG_FIELDS = (
     "dataset", "root", "download", "per_class", "imbalance", "ratio", "model", "width", "depth",
     "batchnorm", "fixed_etf_classifier", "loss", "label_smoothing", "mse_scale", "focal_gamma",
     "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "seed",
-    "device", "num_measurements", "snapshot_per_class", "measure_test", "checkpoint_every",
+    "device", "deterministic", "num_measurements", "snapshot_per_class", "measure_test",
+    "checkpoint_every",
 )
 
 
@@ -76,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=DEVICES, help="auto picks CUDA when present")
+    g.add_argument("--deterministic", action="store_const", const=True,
+                   help="deterministic torch algorithms (GPU reproducibility; slower)")
     g = p.add_argument_group("tracking")
     g.add_argument("--num-measurements", type=int, help="log-spaced measurement epochs")
     g.add_argument("--snapshot-per-class", type=int, help="samples per class in snapshots")
