@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import sys
@@ -293,12 +294,10 @@ def test_numpy_and_torch_inputs_agree():
 
 def test_benchmark_quick_runs(capsys):
     """The benchmark script runs end to end (sizes reduced; timings are not checked)."""
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import measure as bench  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "measure.py"
+    spec = importlib.util.spec_from_file_location("ncollapse_benchmark_measure", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
     try:
         rows = bench.run(quick=True, repeats=1, sigma=0.3, threads=1, skip_naive=False)
