@@ -323,3 +323,19 @@ def test_deterministic_flag_same_history_and_restored(tiny_run, tmp_path):
     assert torch.are_deterministic_algorithms_enabled() == before
     assert without_time(read_jsonl(det / "metrics.jsonl")) == \
         without_time(read_jsonl(out / "metrics.jsonl"))
+
+
+def test_fixed_etf_classifier_stays_fixed_with_adam_cosine_label_smoothing(tmp_path):
+    cfg = tiny(fixed_etf_classifier=True, optimizer="adam", lr=1e-3, schedule="cosine",
+               loss="label-smoothing", epochs=3, num_measurements=2, snapshot_per_class=2)
+    out = train(cfg, out=tmp_path / "etf", progress=False)
+    snaps = sorted((out / "snapshots").glob("*.npz"))
+    with np.load(snaps[0]) as first, np.load(snaps[-1]) as last:
+        np.testing.assert_array_equal(first["weight"], last["weight"])
+        w = last["weight"]
+    gram = (w @ w.T) / np.linalg.norm(w, axis=1)[:, None] / np.linalg.norm(w, axis=1)[None]
+    off = gram[~np.eye(10, dtype=bool)]
+    np.testing.assert_allclose(off, -1 / 9, atol=1e-6)  # a simplex ETF: cosines -1/(C-1)
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert [r["lr"] for r in read_jsonl(out / "epochs.jsonl")] == \
+        [lr_at(cfg, e) for e in (1, 2, 3)]
