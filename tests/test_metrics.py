@@ -183,6 +183,15 @@ def test_nan_and_inf_features_are_reported():
         measure(h, y)
 
 
+def test_nan_in_first_sample_of_a_class():
+    h, y, _, _ = _data()
+    first = int((y == 2).nonzero()[0, 0])
+    h[first, 3] = float("nan")
+    with pytest.raises(ValueError, match=rf"1 non-finite value\(s\) \(1 NaN, 0 Inf\); "
+                                         rf"first at row {first}\."):
+        measure(h, y)
+
+
 def test_labels_out_of_range_and_not_integral():
     h, y, w, _ = _data()
     bad = y.clone()

@@ -310,7 +310,8 @@ class NCAccumulator:
             first.scatter_reduce_(0, y, torch.arange(n, device=self.device), reduce="amin")
             cls = torch.nonzero(new).flatten()
             rows = h[first[cls]]
-            V.check_finite(rows, "features")
+            if not bool(torch.isfinite(rows).all()):
+                V.report_nonfinite(h, "features")
             self._shift[cls] = rows.to(_F64)
             self._have |= new
             if self._shift_logits is not None:
