@@ -695,7 +695,8 @@ class NCAccumulator:
         unc = torch.nonzero(pn >= torch.index_select(fz["radius"], 0, yc)).flatten()
         if unc.numel():
             yu = yc[unc]
-            scores = torch.index_select(fz["Dy"], 0, yu) - 2.0 * (proj[unc] @ fz["SUt"])
+            scores = torch.addmm(torch.index_select(fz["Dy"], 0, yu), proj[unc], fz["SUt"],
+                                 alpha=-2.0)
             scale = (torch.index_select(fz["Dscale"], 0, yu) + 2.0 * fz["s_max"] * pn[unc]
                      + 2.0 * fz["s_drop"] * xn[unc] / self._tol())
 
