@@ -9,8 +9,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ncollapse.metrics import NCAccumulator, NCMetrics, measure  # noqa: E402
 from ncollapse.collect import collect_features, measure_model  # noqa: E402
+from ncollapse.metrics import NCAccumulator, NCMetrics, measure  # noqa: E402
 
 __all__ = [
     "NCAccumulator",
