@@ -587,8 +587,6 @@ class NCAccumulator:
         key = bool(with_weight)
         if key not in fz["B"]:
             cols = [fz["v"]]
-            if fz["k"] <= 32:  # few classes: V S^-1 as well costs nothing in a padded product
-                cols.append(fz["v"] / fz["s"])
             if self._ncc is not None:
                 cols.append(fz["nut"].T)
             if with_weight:
@@ -596,8 +594,9 @@ class NCAccumulator:
                 cols.append(self._weight.T)
             rows = torch.cat(cols, dim=1).T.to(self._ct)
             width = rows.shape[0]
-            if width % 32:  # BLAS runs faster with a padded, row-major (columns x d) operand
-                pad = torch.zeros(32 - width % 32, rows.shape[1], dtype=rows.dtype,
+            mult = 8 if width < 64 else 16
+            if width % mult:  # BLAS runs faster with a padded, row-major (columns x d) operand
+                pad = torch.zeros(mult - width % mult, rows.shape[1], dtype=rows.dtype,
                                   device=rows.device)
                 rows = torch.cat([rows, pad], dim=0)
             fz["B"][key] = rows.contiguous().T
@@ -618,8 +617,7 @@ class NCAccumulator:
         classify = use_w or lg is not None
         basis = self._basis(use_w)
         k = fz["k"]
-        scaled = k <= 32  # columns k..2k hold the projections on V S^-1
-        k2 = 2 * k if scaled else k
+        k2 = k
         nn = 0 if self._ncc is None else c
         inv_s = fz["inv_s"]
         step = _chunk_rows(self.dim, basis.shape[1])
@@ -652,7 +650,7 @@ class NCAccumulator:
                 prod = x @ basis
             hc, yc, xn = h[i:j], y[i:j], xn_all[i:j]
             proj = prod[:, :k]
-            pw = prod[:, k:k2] if scaled else proj * inv_s
+            pw = proj * inv_s
             torch.linalg.vecdot(pw, pw, out=q_all[i:j])
             ncc_all[i:j] = self._ncc_decide(hc, yc, proj, prod[:, k2:k2 + nn], xn)
             if classify:
