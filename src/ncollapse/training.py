@@ -16,7 +16,8 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,6 +101,37 @@ def measurement_epochs(epochs: int, num: int) -> list[int]:
 # ---------------------------------------------------------------------------------- the state
 
 
+class _Background:
+    """Writes files in one background thread, so that waiting for the disk (fsync) overlaps
+    the training; :meth:`wait` returns once everything submitted is on disk."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncollapse-write")
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self, *, quiet: bool = False) -> None:
+        """Block until every submitted write is done; re-raise the first that failed
+        (``quiet``: when already failing for another reason, don't)."""
+        pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for f in pending:
+            exc = f.exception()
+            error = error or exc
+        if error is not None and not quiet:
+            raise error
+
+    def close(self) -> None:
+        self.wait(quiet=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 @dataclass
 class _Run:
     """Everything the loop carries between epochs (rank 0 also owns the files)."""
@@ -114,6 +146,9 @@ class _Run:
     elapsed: float = 0.0
     last_flush: float = 0.0
     last_checkpoint: float = 0.0
+    # Snapshots are written in the background; every flush waits for them first, so a row in
+    # metrics.jsonl (and a checkpoint) never refers to a snapshot that is not on disk yet.
+    writer: _Background = field(default_factory=_Background)
 
     def status(self, state: str, epoch: int, message: str | None = None) -> None:
         if not self.write:
@@ -125,9 +160,11 @@ class _Run:
         })
 
     def flush(self, state: str, epoch: int, message: str | None = None) -> None:
-        """Rewrite the log files (epochs, metrics, CSV) and the status, each atomically."""
+        """Wait for the snapshots in flight, then rewrite the log files (epochs, metrics, CSV)
+        and the status, each atomically."""
         if not self.write:
             return
+        self.writer.wait(quiet=state == "failed")
         atomic_write_jsonl(self.out / "epochs.jsonl", self.epochs)
         atomic_write_jsonl(self.out / "metrics.jsonl", self.metrics)
         atomic_write_text(self.out / "metrics.csv", metrics_csv(self.metrics))
@@ -239,17 +276,20 @@ class _Eval:
 def _forward_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInfo,
                    batch: int, criterion, *, keep: bool):
     """Eval-mode pass over this rank's share (rank::world) of ``x``: features, logits, sums."""
-    idx = torch.arange(info.rank, x.shape[0], info.world_size, device=x.device)
+    n = x.shape[0]
+    if info.world_size == 1:  # contiguous slices are views: no copy of the inputs
+        chunks = [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    else:
+        idx = torch.arange(info.rank, n, info.world_size, device=x.device)
+        chunks = [(x[b], y[b]) for b in idx.split(batch)]
     feats, logits, labels = [], [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     wrong = torch.zeros((), dtype=torch.int64, device=x.device)
     with torch.inference_mode():
-        for i in range(0, idx.numel(), batch):
-            b = idx[i:i + batch]
-            xb, yb = x[b], y[b]
+        for xb, yb in chunks:
             f = model.features(xb)
             z = model.classifier(f)
-            loss_sum += criterion(z, yb).double() * b.numel()
+            loss_sum += criterion(z, yb).double() * yb.numel()
             wrong += (z.argmax(dim=1) != yb).sum()
             if keep:
                 feats.append(f)
@@ -258,10 +298,19 @@ def _forward_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.D
     return feats, logits, labels, loss_sum, wrong
 
 
+def _count_nonfinite(tensors: Sequence[torch.Tensor]) -> int:
+    """How many entries of ``tensors`` are NaN/Inf (a sum is finite when all entries are, so
+    the entry-wise count runs only when some sum is not)."""
+    if all(bool(torch.isfinite(t.sum())) for t in tensors):
+        return 0
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInfo,
               cfg: TrainConfig, criterion, num_classes: int, *, measure: bool,
-              ncc_means: torch.Tensor | None = None) -> _Eval:
-    """Loss and error (eval mode) on the whole split; with ``measure`` also the NC metrics."""
+              means: bool = False, ncc_means: torch.Tensor | None = None) -> _Eval:
+    """Loss and error (eval mode) on the whole split; with ``measure`` also the NC metrics and,
+    with ``means``, the float64 class means and global mean."""
     D.broadcast_buffers(model, info)  # BatchNorm statistics: every rank evaluates rank 0's model
     was_training = model.training
     model.eval()
@@ -276,20 +325,23 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistIn
     result = _Eval(loss=float(sums[0]) / n, error=float(sums[1]) / n)
     if not measure:
         return result
-    bad = torch.tensor([sum(int((~torch.isfinite(t)).sum()) for t in feats + logits)],
-                       dtype=torch.float64, device=x.device)
+    bad = torch.tensor([_count_nonfinite(feats + logits)], dtype=torch.float64, device=x.device)
     if float(D.all_reduce_sum(bad, info)[0]) > 0:  # every rank agrees, so none waits alone
         raise TrainingDiverged("the features or logits became NaN/Inf")
-    metrics, means, gmean = _nc_metrics(model, feats, logits, labels, num_classes, info,
-                                        ncc_means=ncc_means)
-    result.metrics, result.means, result.global_mean = metrics, means, gmean
-    result.features = torch.cat(feats) if feats else None
-    result.labels = torch.cat(labels) if labels else None
+    result.metrics = _nc_metrics(model, feats, logits, labels, num_classes, info,
+                                 ncc_means=ncc_means)
+    if means:
+        result.means, result.global_mean = _class_means(
+            feats, labels, num_classes, model.classifier.weight, info)
+    if feats:
+        result.features = feats[0] if len(feats) == 1 else torch.cat(feats)
+        result.labels = labels[0] if len(labels) == 1 else torch.cat(labels)
     return result
 
 
-def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=None):
-    """NCMetrics of this split and its exact float64 class means / global mean.
+def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=None
+                ) -> dict[str, Any]:
+    """NCMetrics of this split as a dict.
 
     One process: :func:`ncollapse.measure` on the features in memory. Several: each rank
     streams its shard through ``NCAccumulator``, whose ``begin_second_pass()`` and
@@ -308,13 +360,19 @@ def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=No
         acc.begin_second_pass()
         for f, z, yb in zip(feats, logits, labels, strict=True):
             acc.update(f, yb, z)
-        metrics = acc.compute().to_dict()
-    else:
-        metrics = measure(torch.cat(feats), torch.cat(labels), weight=weight, bias=bias,
-                          num_classes=num_classes, logits=torch.cat(logits),
-                          ncc_means=ncc_means).to_dict()
+        return acc.compute().to_dict()
 
-    # Class means in float64 for the snapshots (exact sums reduced across ranks).
+    def one(ts: list[torch.Tensor]) -> torch.Tensor:
+        return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+    return measure(one(feats), one(labels), weight=weight, bias=bias, num_classes=num_classes,
+                   logits=one(logits), ncc_means=ncc_means).to_dict()
+
+
+def _class_means(feats, labels, num_classes: int, weight: torch.Tensor, info: D.DistInfo
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 class means (C, d) and global mean of the split (exact sums reduced across
+    ranks; ``weight`` is the (C, d) classifier), for the snapshots and the test NCC centres."""
     d = weight.shape[1]
     sums = torch.zeros(num_classes, d + 1, dtype=torch.float64, device=weight.device)
     for f, yb in zip(feats, labels, strict=True):
@@ -324,7 +382,7 @@ def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=No
     counts = sums[:, d]
     means = sums[:, :d] / counts.clamp_min(1).unsqueeze(1)
     gmean = sums[:, :d].sum(0) / counts.sum()
-    return metrics, means, gmean
+    return means, gmean
 
 
 def _mse_decomposition(ev: _Eval, model: nn.Module, cfg: TrainConfig, info: D.DistInfo
@@ -351,6 +409,8 @@ def _mse_decomposition(ev: _Eval, model: nn.Module, cfg: TrainConfig, info: D.Di
 
 def _write_snapshot(run: _Run, epoch: int, model: nn.Module, x_snap: torch.Tensor,
                     y_snap: torch.Tensor, snap_idx: torch.Tensor, ev: _Eval) -> None:
+    """Queue ``snapshots/epoch_<e>.npz`` for the background writer (the arrays are copies, so
+    the training may go on changing the model meanwhile)."""
     if run.info.distributed:  # rank 0 holds only its shard of the features: recompute
         was_training = model.training
         model.eval()
@@ -364,15 +424,19 @@ def _write_snapshot(run: _Run, epoch: int, model: nn.Module, x_snap: torch.Tenso
         "labels": y_snap.cpu().numpy().astype(np.int64),
         "means": ev.means.cpu().numpy().astype(np.float64),
         "global_mean": ev.global_mean.cpu().numpy().astype(np.float64),
-        "weight": model.classifier.weight.detach().double().cpu().numpy(),
+        "weight": model.classifier.weight.detach().double().cpu().numpy().copy(),
         "epoch": np.asarray(epoch, dtype=np.int64),
         "nc1": np.asarray(_nan(ev.metrics.get("nc1")), dtype=np.float64),
     }
     if model.classifier.bias is not None:
-        arrays["bias"] = model.classifier.bias.detach().double().cpu().numpy()
+        arrays["bias"] = model.classifier.bias.detach().double().cpu().numpy().copy()
+    run.writer.submit(_save_npz, run.out / "snapshots" / f"epoch_{epoch:05d}.npz", arrays)
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(run.out / "snapshots" / f"epoch_{epoch:05d}.npz", buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _nan(v: Any) -> float:
@@ -563,7 +627,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
             row: dict[str, Any] | None = None
             if measuring:
                 ev = _evaluate(model, x_train, y_train, info, cfg, criterion, num_classes,
-                               measure=True)
+                               measure=True, means=True)
                 train_error = ev.error
                 row = {"epoch": epoch, "step": epoch * steps_per_epoch, "lr": lr,
                        "time": None, "train_loss": ev.loss, "train_error": ev.error,
@@ -606,6 +670,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
             _update_bar(bar, train_loss, last_error, run.metrics)
     except TrainingDiverged as exc:
         _close(bar)
+        run.writer.close()
         message = (f"training diverged at epoch {epoch}: {exc}; lower --lr (or pick one with "
                    f"--lr-sweep). The last good checkpoint is kept in {out / CHECKPOINT}.")
         run.epochs = [r for r in run.epochs if r["epoch"] < epoch]
@@ -614,12 +679,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, info: D.Di
         raise TrainingDiverged(message) from None
     except BaseException as exc:
         _close(bar)
+        run.writer.close()
         done = run.epochs[-1]["epoch"] if run.epochs else start
         run.flush("failed", done, f"stopped at epoch {done} by {type(exc).__name__}: {exc}; "
                    f"continue with: ncollapse train --resume {out}")
         raise
     _close(bar)
     run.flush("finished", cfg.epochs)
+    run.writer.close()
     D.barrier(info)
     return out
 
@@ -665,6 +732,8 @@ def _restore(run: _Run, model: nn.Module, opt: torch.optim.Optimizer) -> int:
         for snap in (out / "snapshots").glob("epoch_*.npz"):
             if int(snap.stem.split("_")[1]) > epoch:
                 snap.unlink()
+        for tmp in (out / "snapshots").glob(".epoch_*.npz.*.tmp"):  # a write cut short
+            tmp.unlink(missing_ok=True)
         run.flush("running", epoch)
     return epoch
 
