@@ -306,6 +306,10 @@ def _count_nonfinite(tensors: Sequence[torch.Tensor]) -> int:
     return sum(int((~torch.isfinite(t)).sum()) for t in tensors)
 
 
+def _joined(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else empty
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInfo,
               cfg: TrainConfig, criterion, num_classes: int, *, measure: bool,
               means: bool = False, ncc_means: torch.Tensor | None = None) -> _Eval:
@@ -325,27 +329,29 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistIn
     result = _Eval(loss=float(sums[0]) / n, error=float(sums[1]) / n)
     if not measure:
         return result
-    bad = torch.tensor([_count_nonfinite(feats + logits)], dtype=torch.float64, device=x.device)
+    weight = model.classifier.weight  # this rank's share may be empty: shapes from the layer
+    f = _joined(feats, weight.new_zeros(0, weight.shape[1]))
+    z = _joined(logits, weight.new_zeros(0, weight.shape[0]))
+    labels_all = _joined(labels, y[:0])
+    bad = torch.tensor([_count_nonfinite([f, z])], dtype=torch.float64, device=x.device)
     if float(D.all_reduce_sum(bad, info)[0]) > 0:  # every rank agrees, so none waits alone
         raise TrainingDiverged("the features or logits became NaN/Inf")
-    result.metrics = _nc_metrics(model, feats, logits, labels, num_classes, info,
+    result.metrics = _nc_metrics(model, f, z, labels_all, num_classes, info,
                                  ncc_means=ncc_means)
     if means:
-        result.means, result.global_mean = _class_means(
-            feats, labels, num_classes, model.classifier.weight, info)
-    if feats:
-        result.features = feats[0] if len(feats) == 1 else torch.cat(feats)
-        result.labels = labels[0] if len(labels) == 1 else torch.cat(labels)
+        result.means, result.global_mean = _class_means(f, labels_all, num_classes, info)
+    result.features, result.labels = f, labels_all
     return result
 
 
-def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=None
+def _nc_metrics(model: nn.Module, f: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                num_classes: int, info: D.DistInfo, *, ncc_means: torch.Tensor | None = None
                 ) -> dict[str, Any]:
-    """NCMetrics of this split as a dict.
+    """NCMetrics of this split (features ``f``, logits ``z``, labels ``y``) as a dict.
 
     One process: :func:`ncollapse.measure` on the features in memory. Several: each rank
-    streams its shard through ``NCAccumulator``, whose ``begin_second_pass()`` and
-    ``compute()`` all-reduce the statistics (exactly) across ranks.
+    feeds its shard to ``NCAccumulator``, whose ``begin_second_pass()`` and ``compute()``
+    all-reduce the statistics (exactly) across ranks.
     """
     from ncollapse.metrics import NCAccumulator, measure
 
@@ -355,34 +361,27 @@ def _nc_metrics(model, feats, logits, labels, num_classes, info, *, ncc_means=No
     if info.distributed:
         acc = NCAccumulator(num_classes=num_classes, weight=weight, bias=bias,
                             ncc_means=ncc_means)
-        for f, z, yb in zip(feats, logits, labels, strict=True):
-            acc.update(f, yb, z)
+        if len(y):  # a rank may hold no samples (fewer samples than processes)
+            acc.update(f, y, z)
         acc.begin_second_pass()
-        for f, z, yb in zip(feats, logits, labels, strict=True):
-            acc.update(f, yb, z)
+        if len(y):
+            acc.update(f, y, z)
         return acc.compute().to_dict()
-
-    def one(ts: list[torch.Tensor]) -> torch.Tensor:
-        return ts[0] if len(ts) == 1 else torch.cat(ts)
-
-    return measure(one(feats), one(labels), weight=weight, bias=bias, num_classes=num_classes,
-                   logits=one(logits), ncc_means=ncc_means).to_dict()
+    return measure(f, y, weight=weight, bias=bias, num_classes=num_classes, logits=z,
+                   ncc_means=ncc_means).to_dict()
 
 
-def _class_means(feats, labels, num_classes: int, weight: torch.Tensor, info: D.DistInfo
+def _class_means(f: torch.Tensor, y: torch.Tensor, num_classes: int, info: D.DistInfo
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 class means (C, d) and global mean of the split (exact sums reduced across
-    ranks; ``weight`` is the (C, d) classifier), for the snapshots and the test NCC centres."""
-    d = weight.shape[1]
-    sums = torch.zeros(num_classes, d + 1, dtype=torch.float64, device=weight.device)
-    for f, yb in zip(feats, labels, strict=True):
-        sums[:, :d].index_add_(0, yb, f.double())
-        sums[:, d].index_add_(0, yb, torch.ones_like(yb, dtype=torch.float64))
-    D.all_reduce_sum(sums, info)
-    counts = sums[:, d]
-    means = sums[:, :d] / counts.clamp_min(1).unsqueeze(1)
-    gmean = sums[:, :d].sum(0) / counts.sum()
-    return means, gmean
+    ranks), for the snapshots and as the test split's NCC centres."""
+    sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=f.device)
+    sums.index_add_(0, y, f.double())
+    counts = torch.bincount(y, minlength=num_classes).double()
+    both = torch.cat([sums, counts.unsqueeze(1)], dim=1)
+    D.all_reduce_sum(both, info)
+    sums, counts = both[:, :-1], both[:, -1]
+    return sums / counts.clamp_min(1).unsqueeze(1), sums.sum(0) / counts.sum()
 
 
 def _mse_decomposition(ev: _Eval, model: nn.Module, cfg: TrainConfig, info: D.DistInfo
