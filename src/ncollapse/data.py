@@ -27,6 +27,7 @@ Default roots: ``$NCOLLAPSE_DATA_DIR/<name>`` when that variable is set, otherwi
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -200,7 +201,9 @@ def subset_indices(targets: Any, counts: Sequence[int], *, seed: int | None = 0)
 _Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+@functools.lru_cache(maxsize=1)
 def _load_digits() -> _Splits:
+    """The fixed digits split, read once per process (arrays are read-only: shared by calls)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -210,6 +213,8 @@ def _load_digits() -> _Splits:
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=0.2, stratify=y, random_state=DIGITS_SPLIT_SEED
     )
+    for arr in (x_tr, x_te, y_tr, y_te):
+        arr.setflags(write=False)
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
 
 
