@@ -1,0 +1,34 @@
+"""The ``ncollapse`` dispatcher: every subcommand registered, help and version, user errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ncollapse import __version__, cli
+
+
+def test_every_command_is_registered(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert __version__ in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "usage: ncollapse" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    assert cli.main(["measure", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ncollapse measure: error:") and "Traceback" not in err
