@@ -31,6 +31,7 @@ __all__ = [
 
 _F64 = torch.float64
 _CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
+_BULK_ELEMS = 1 << 19  # float32 feature elements per operation in the few-class paths
 _STATE_VERSION = 1
 
 
@@ -104,6 +105,14 @@ def _chunk_rows(dim: int, cols: int = 0) -> int:
     if cols >= 512:
         rows = max(rows, 1024)
     return max(64, min(8192, rows))
+
+
+def _bulk_rows(dim: int, step: int, n: int) -> int:
+    """Rows per operation for narrow work (few classes): about 2 MiB of float32 features
+    (cache-sized), a multiple of ``step``, so that per-operation overhead (thread start-up)
+    stays small."""
+    rows = max(step, (_BULK_ELEMS // max(1, dim)) // step * step)
+    return min(rows, -(-n // step) * step)
 
 
 def _dist_active() -> bool:
@@ -290,6 +299,10 @@ class NCAccumulator:
                 "update() after sync() in the same pass would count other ranks' data twice; "
                 "call sync() once, after the last update of a pass"
             )
+        self._ingest(h, y, lg)
+
+    def _ingest(self, h: torch.Tensor, y: torch.Tensor, lg: torch.Tensor | None) -> None:
+        """Add one validated batch (compute dtype and device, labels in range)."""
         self._synced = False
         try:
             if self.phase == 1:
@@ -323,21 +336,27 @@ class NCAccumulator:
             t64 = self._shift_logits - self._shift_logits.diagonal()[:, None]
             self._p1_table = (t64.to(self._ct), t64.abs().amax(1).to(self._ct))
             self._p1_wt = self._weight.T.to(self._ct).contiguous()
-        # Few classes: float32 differences (at the spread scale) summed per chunk in float32
-        # (a few dozen terms per class) and flushed to float64; else float64 throughout.
+        # Few classes: float32 differences (at the spread scale) summed in float32 per slot of
+        # ``step`` rows (a few dozen terms per class), the slots then summed in float64. Many
+        # slots share one index_add_ over a large chunk (few, large operations).
         fast = (not chan and not classify and self._ct == torch.float32
                 and c * 16 <= step)
         if fast:
             shift_ct = self._shift.to(self._ct)
-            part = torch.zeros(c, self.dim, dtype=self._ct, device=self.device)
-        for i in range(0, n, step):
-            hc, yc = h[i:i + step], y[i:i + step]
-            if fast:
+            big = _bulk_rows(self.dim, step, n)
+            nslot = -(-big // step)
+            part = torch.zeros(nslot * c, self.dim, dtype=self._ct, device=self.device)
+            slot_of = torch.arange(big, device=self.device).div_(step, rounding_mode="floor")
+            slot_of.mul_(c)
+            for i in range(0, n, big):
+                hc, yc = h[i:i + big], y[i:i + big]
                 dl = _gather_sub(hc, shift_ct, yc)
-                part.index_add_(0, yc, dl)
-                self._sums += part
-                part.zero_()
-                continue
+                part.index_add_(0, torch.add(slot_of[:yc.shape[0]], yc), dl)
+                self._sums += part.view(nslot, c, self.dim).sum(0, dtype=_F64)
+                if i + big < n:
+                    part.zero_()
+        for i in range(0, 0 if fast else n, step):
+            hc, yc = h[i:i + step], y[i:i + step]
             dl = _gather_sub(hc, self._shift, yc)  # float64, exact for float32 inputs
             if chan:
                 self._chan_update(dl, yc)
@@ -447,8 +466,7 @@ class NCAccumulator:
         cp = int(present.numel())
         V.require_two_classes(cp)
         if warn:
-            V.warn_absent_classes(counts)
-            V.warn_low_dimension(self.dim, cp)
+            self._warn(counts, cp)
         n = counts[present].to(_F64)
         total = int(counts.sum())
         sh = self._shift[present].to(_F64)
@@ -460,6 +478,11 @@ class NCAccumulator:
         mu_g = sh[0] + a_g
         return {"present": present, "cp": cp, "n": n, "N": total, "mu": mu, "mt": mt,
                 "mu_g": mu_g}
+
+    def _warn(self, counts: torch.Tensor, cp: int) -> None:
+        assert self.dim is not None
+        V.warn_absent_classes(counts)
+        V.warn_low_dimension(self.dim, cp)
 
     @staticmethod
     def _spectrum(mt: torch.Tensor, gram: torch.Tensor | None = None) -> dict[str, Any]:
@@ -542,6 +565,7 @@ class NCAccumulator:
             "s": sp["s"], "inv_s": (1.0 / sp["s"]).to(ct), "s_max": float(sp["s"][0]),
             "s_drop": sp["s_drop"],
             "nc1_corr": ((ev / sp["s"]) ** 2).sum(1), "ss_corr": (e * e).sum(1), "B": {},
+            "st": st,
         }
         if self._ncc is None:
             off = dmat + torch.diag(torch.full((cp,), math.inf, dtype=_F64, device=dev))
@@ -632,6 +656,7 @@ class NCAccumulator:
         bulk = n * basis.shape[1] <= 1 << 24
         if bulk:
             prod_all = torch.empty(n, basis.shape[1], dtype=ct, device=dev)
+            step = _bulk_rows(self.dim, step, n)
             for i in range(0, n, step):
                 x = _gather_sub(h[i:i + step], fz["anchor"], y[i:i + step])
                 torch.linalg.vector_norm(x, dim=1, out=xn_all[i:i + step])
@@ -720,7 +745,11 @@ class NCAccumulator:
             raise RuntimeError("compute() before any data: call update(features, labels) first")
         if not self._local:
             self.sync()
-        st = self._mean_stats(warn=True)
+        if self.phase == 2:  # the means are frozen: reuse the statistics of _freeze()
+            st = self._frozen["st"]
+            self._warn(self._counts, st["cp"])
+        else:
+            st = self._mean_stats(warn=True)
         dev = self.device
         w, b = self._weight, self._bias
         if weight is not None:
@@ -997,7 +1026,11 @@ def measure(
     acc._track_scatter = False
     acc._classify_pass1 = False
     acc._local = True
-    acc.update(h, y)
+    h = h.to(dtype=_compute_dtype(h.dtype))
+    acc._init(h, None)
+    acc._ingest(h, y, None)  # inputs checked once above, for both passes
     acc.begin_second_pass()
-    acc.update(h, y, lg)
+    if lg is not None:
+        lg = V.check_logits(lg, h.shape[0], c, h.device)
+    acc._ingest(h, y, lg)
     return acc.compute()
