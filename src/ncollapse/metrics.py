@@ -115,6 +115,19 @@ def _bulk_rows(dim: int, step: int, n: int) -> int:
     return min(rows, -(-n // step) * step)
 
 
+_PAIRS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _pairs(c: int, device: torch.device) -> torch.Tensor:
+    """Index pairs c < c' (2 x C(C-1)/2), cached for small C (read-only)."""
+    if c > 256:
+        return torch.triu_indices(c, c, offset=1, device=device)
+    key = (c, str(device))
+    if key not in _PAIRS:
+        _PAIRS[key] = torch.triu_indices(c, c, offset=1, device=device)
+    return _PAIRS[key]
+
+
 def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -131,7 +144,7 @@ def _angles(x: torch.Tensor, gram: torch.Tensor | None = None
     norms = x.norm(dim=1)
     equinorm = _f(norms.std(unbiased=True) / norms.mean())
     cos = g / norms[:, None] / norms[None, :]
-    iu = torch.triu_indices(c, c, offset=1, device=x.device)
+    iu = _pairs(c, x.device)
     pair = cos[iu[0], iu[1]]
     equiang = _f(pair.std(unbiased=True)) if pair.numel() > 1 else None
     maxangle = _f((pair + 1.0 / (c - 1)).abs().mean())
@@ -327,7 +340,7 @@ class NCAccumulator:
                 V.report_nonfinite(h, "features")
             self._shift[cls] = rows.to(_F64)
             self._have |= new
-            if self._shift_logits is not None:
+            if self._shift_logits is not None and (self._classify_pass1 or not self._local):
                 self._shift_logits[cls] = self._table(rows.to(_F64))
         classify = self._classify_pass1 and (lg is not None or self._weight is not None)
         chan = self._track_scatter or self.full_covariance
@@ -438,7 +451,12 @@ class NCAccumulator:
         ct = self._ct
         if pass2:
             assert self._frozen is not None
-            table, tscale = self._frozen["T"], self._frozen["Tscale"]
+            fz = self._frozen
+            if "T" not in fz:  # built on first use (not needed when logits are given)
+                t64 = self._table(fz["anchor"].to(_F64))
+                t64 = t64 - t64.diagonal()[:, None]
+                fz.update(T=t64.to(ct), Tscale=t64.abs().amax(1).to(ct))
+            table, tscale = fz["T"], fz["Tscale"]
         else:
             table, tscale = self._p1_table
         if prod is None:
@@ -467,17 +485,18 @@ class NCAccumulator:
         V.require_two_classes(cp)
         if warn:
             self._warn(counts, cp)
-        n = counts[present].to(_F64)
+        sel = slice(None) if cp == counts.shape[0] else present  # views when all are present
+        n = counts[sel].to(_F64)
         total = int(counts.sum())
-        sh = self._shift[present].to(_F64)
-        m = self._sums[present] / n[:, None]
+        sh = self._shift[sel].to(_F64)
+        m = self._sums[sel] / n[:, None]
         mu = sh + m
         a = (sh - sh[0]) + m
         a_g = (n[:, None] * a).sum(0) / total
         mt = a - a_g
         mu_g = sh[0] + a_g
-        return {"present": present, "cp": cp, "n": n, "N": total, "mu": mu, "mt": mt,
-                "mu_g": mu_g}
+        return {"present": present, "sel": sel, "cp": cp, "n": n, "N": total, "mu": mu,
+                "mt": mt, "mu_g": mu_g}
 
     def _warn(self, counts: torch.Tensor, cp: int) -> None:
         assert self.dim is not None
@@ -598,10 +617,6 @@ class NCAccumulator:
                                  - 2.0 * muc @ nut.T)
             fz.update(D2=d2.to(ct), D2scale=d2.abs().amax(1).to(ct), nut=nut,
                       d2_64=d2_exact, nu_max=float(nut.norm(dim=1).max()))
-        if self._weight is not None:
-            t64 = self._table(a64)
-            t64 = t64 - t64.diagonal()[:, None]
-            fz.update(T=t64.to(ct), Tscale=t64.abs().amax(1).to(ct))
         self._frozen = fz
 
     def _basis(self, with_weight: bool) -> torch.Tensor:
@@ -761,7 +776,7 @@ class NCAccumulator:
                 raise ValueError("bias given without weight; pass the classifier weight too")
             b = V.check_matrix(bias, "bias", (self.num_classes,),
                                "bias must be (C,), one entry per class", dev)
-        present, cp, n, total = st["present"], st["cp"], st["n"], st["N"]
+        cp, n, total = st["cp"], st["n"], st["N"]
         mt = st["mt"]
         if self.phase == 2:
             gram, dmat = self._frozen["gram"], self._frozen["dmat"]
@@ -781,7 +796,7 @@ class NCAccumulator:
                 )
             fz = self._frozen
             cnt = self._counts.to(_F64)
-            ss = (self._p2["ss"] - cnt * fz["ss_corr"])[present]
+            ss = (self._p2["ss"] - cnt * fz["ss_corr"])[st["sel"]]
             out.nc1 = _f((self._p2["nc1"] - (cnt * fz["nc1_corr"]).sum()) / total)
             if int(self._p2["compared"]) == total:
                 out.ncc_mismatch = _f(self._p2["mismatch"].to(_F64) / total)
@@ -789,7 +804,7 @@ class NCAccumulator:
                 out.accuracy = _f(self._p2["correct"].to(_F64) / total)
         elif self._track_scatter or self.full_covariance:
             assert self._ss is not None
-            ss = self._ss[present]
+            ss = self._ss[st["sel"]]
         if out.accuracy is None and self._decided is not None and int(self._decided) == total:
             out.accuracy = _f(self._correct.to(_F64) / total)
         if self.phase == 1 and self._scatter is not None:
@@ -802,10 +817,10 @@ class NCAccumulator:
             tr_b = (mt * mt).sum() / cp
             out.nc1_trace_ratio = _f(tr_w / tr_b)
             var = ss / n
-            iu = torch.triu_indices(cp, cp, offset=1, device=dev)
+            iu = _pairs(cp, dev)
             out.cdnv = _f(((var[iu[0]] + var[iu[1]]) / (2.0 * dmat[iu[0], iu[1]])).mean())
         if w is not None:
-            wp = w[present]
+            wp = w[st["sel"]]
             (out.equinorm_weights, out.equiangular_weights, out.maxangle_weights,
              out.etf_error_weights) = _angles(wp)
             diff = wp / torch.linalg.matrix_norm(wp) - mt / torch.linalg.matrix_norm(mt)
