@@ -513,8 +513,12 @@ class NCAccumulator:
         cp, d = mt.shape
         eps = torch.finfo(_F64).eps
         if cp * cp * d <= 1 << 27 or gram is None:
-            u, s, vh = torch.linalg.svd(mt, full_matrices=False)
-            v = vh.T
+            if cp < d:  # LAPACK is faster on the tall transpose: M~^T = V S U^T
+                v, s, uh = torch.linalg.svd(mt.T, full_matrices=False)
+                u = uh.T
+            else:
+                u, s, vh = torch.linalg.svd(mt, full_matrices=False)
+                v = vh.T
             tol = float(s[0]) * max(cp, d) * eps
         else:
             lam, u = torch.linalg.eigh(gram)
