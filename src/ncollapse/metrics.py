@@ -649,9 +649,9 @@ class NCAccumulator:
         fz, p2 = self._frozen, self._p2
         assert fz is not None and p2 is not None and self.num_classes is not None
         c = self.num_classes
-        bad = fz["pos"][y] < 0
-        if bool(bad.any()):
-            first = int(torch.nonzero(bad)[0, 0])
+        counts = torch.bincount(y, minlength=c)
+        if bool(counts[fz["pos"] < 0].any()):
+            first = int(torch.nonzero(fz["pos"][y] < 0)[0, 0])
             raise ValueError(
                 f"pass 2 got label {int(y[first])} (index {first}), a class that had no samples "
                 f"in pass 1; pass 2 must see the same data as pass 1"
@@ -707,7 +707,7 @@ class NCAccumulator:
             V.report_nonfinite(h, "features")
         p2["nc1"] += nc1
         p2["ss"] += ss
-        p2["counts"] += torch.bincount(y, minlength=c)
+        p2["counts"] += counts
         if classify:
             p2["mismatch"] += (pred_all != ncc_all).sum()
             p2["correct"] += (pred_all == y).sum()
