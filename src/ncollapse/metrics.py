@@ -570,18 +570,18 @@ class NCAccumulator:
         st = self._mean_stats(warn=False)
         ct, dev, c, d = self._ct, self.device, self.num_classes, self.dim
         assert ct is not None and c is not None and d is not None
-        present, cp, mt = st["present"], st["cp"], st["mt"]
+        present, sel, cp, mt = st["present"], st["sel"], st["cp"], st["mt"]
         gram = mt @ mt.T
         sp = self._spectrum(mt, gram)
         dmat = _pair_sqdist(mt, gram)
         mu = torch.zeros(c, d, dtype=_F64, device=dev)
-        mu[present] = st["mu"]
+        mu[sel] = st["mu"]
         anchor = mu.to(ct)
         a64 = anchor.to(_F64)
         e = mu - a64
         ev = e @ sp["v"]
         pos = torch.full((c,), -1, dtype=torch.int64, device=dev)
-        pos[present] = torch.arange(cp, device=dev)
+        pos[sel] = torch.arange(cp, device=dev)
         fz: dict[str, Any] = {
             "present": present, "pos": pos, "anchor": anchor, "mu": mu, "mt": mt,
             "gram": gram, "dmat": dmat, "k": sp["k"], "v": sp["v"],
@@ -594,13 +594,13 @@ class NCAccumulator:
             off = dmat + torch.diag(torch.full((cp,), math.inf, dtype=_F64, device=dev))
             rho = off.amin(1).sqrt()
             radius = torch.zeros(c, dtype=_F64, device=dev)
-            radius[present] = (0.5 * (1 - 1e-3) * rho - 2.0 * sp["s_drop"]
-                               - ev[present].norm(dim=1))
+            radius[sel] = (0.5 * (1 - 1e-3) * rho - 2.0 * sp["s_drop"]
+                           - ev[sel].norm(dim=1))
             # ||a_y - mu_c||^2 = ||mu_y - mu_c||^2 - 2 e_y.(mt_y - mt_c) + ||e_y||^2
-            ge = e[present] @ mt.T
-            da = dmat - 2.0 * (ge.diagonal()[:, None] - ge) + (e[present] ** 2).sum(1)[:, None]
+            ge = e[sel] @ mt.T
+            da = dmat - 2.0 * (ge.diagonal()[:, None] - ge) + (e[sel] ** 2).sum(1)[:, None]
             dy = torch.zeros(c, cp, dtype=_F64, device=dev)
-            dy[present] = da
+            dy[sel] = da
             fz.update(radius=radius.to(ct), Dy=dy.to(ct), Dscale=dy.abs().amax(1).to(ct),
                       SUt=(sp["u"] * sp["s"]).T.contiguous().to(ct))
         else:
@@ -608,17 +608,17 @@ class NCAccumulator:
             nbar = nu.mean(0)
             nut = nu - nbar
             d2 = torch.zeros(c, c, dtype=_F64, device=dev)
-            ap = a64[present]
+            ap = a64[sel]
             if cp * c * d <= 1 << 24:
-                d2[present] = ((ap[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
+                d2[sel] = ((ap[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
             else:
                 ac = ap - nbar
-                d2[present] = ((ac * ac).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
-                               - 2.0 * ac @ nut.T)
+                d2[sel] = ((ac * ac).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
+                           - 2.0 * ac @ nut.T)
             d2_exact = torch.zeros(c, c, dtype=_F64, device=dev)
             muc = st["mu"] - nbar
-            d2_exact[present] = ((muc * muc).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
-                                 - 2.0 * muc @ nut.T)
+            d2_exact[sel] = ((muc * muc).sum(1)[:, None] + (nut * nut).sum(1)[None, :]
+                             - 2.0 * muc @ nut.T)
             fz.update(D2=d2.to(ct), D2scale=d2.abs().amax(1).to(ct), nut=nut,
                       d2_64=d2_exact, nu_max=float(nut.norm(dim=1).max()))
         self._frozen = fz
