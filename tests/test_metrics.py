@@ -338,3 +338,18 @@ def test_accuracy_float32_high_dimension():
                            dtype=np.float32)
     assert_matches(measure(h, y, weight=w, bias=b).to_dict(), reference_metrics(h, y, w, b),
                    1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.7e-5])
+def test_accuracy_float32_several_bulk_chunks(sigma):
+    """Few classes in float32 over several large chunks, each of several float32 slots."""
+    from ncollapse.metrics import _bulk_rows, _chunk_rows
+
+    n, d = 3500, 512
+    step = _chunk_rows(d)
+    big = _bulk_rows(d, step, n)
+    assert step < big < n and n % big  # several slots per chunk, several chunks, a partial one
+    h, y, w, b = synthetic(n, d, 6, sigma, imbalanced=True, offset=1e3, seed=4,
+                           dtype=np.float32)
+    assert_matches(measure(h, y, weight=w, bias=b).to_dict(), reference_metrics(h, y, w, b),
+                   1e-6)
