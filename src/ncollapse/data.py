@@ -202,8 +202,8 @@ _Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @functools.lru_cache(maxsize=1)
-def _load_digits() -> _Splits:
-    """The fixed digits split, read once per process (arrays are read-only: shared by calls)."""
+def _digits_split() -> _Splits:
+    """The fixed digits split, read from scikit-learn once per process."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -213,9 +213,12 @@ def _load_digits() -> _Splits:
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=0.2, stratify=y, random_state=DIGITS_SPLIT_SEED
     )
-    for arr in (x_tr, x_te, y_tr, y_te):
-        arr.setflags(write=False)
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
+
+
+def _load_digits() -> _Splits:
+    """Fresh copies of the cached digits split (callers may modify them)."""
+    return {k: (x.copy(), y.copy()) for k, (x, y) in _digits_split().items()}
 
 
 def make_gaussian(*, num_classes: int = 10, dim: int = 32, per_class: int = 100,
