@@ -78,6 +78,16 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def atomic_savefig(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
+    """Render a matplotlib figure (format from the suffix unless given) and write it atomically."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    buf = io.BytesIO()
+    fig.savefig(buf, **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file, then rename over ``path``."""
     buf = io.BytesIO()

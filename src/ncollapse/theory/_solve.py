@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -125,3 +126,20 @@ def minimize_lbfgs(fun_grad: FunGrad, x0: np.ndarray, *, gtol: float = 1e-10,
     return MinimizeResult(x=x, fun=f, grad_norm=gnorm, iterations=iterations,
                           converged=gnorm < gtol, message=message,
                           time_s=time.perf_counter() - start, history=history)
+
+
+def as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
+    """``x`` (numpy array, torch tensor on any device, nested list) as finite float64 numpy."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
+        x = x.detach().cpu().double().numpy()
+    try:
+        arr = np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
+        ) from exc
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} NaN/Inf entries")
+    return arr

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ncollapse.theory._solve import as_float64 as _as_float64
+
 __all__ = [
     "central_path_gradient",
     "central_path_loss",
@@ -41,23 +43,6 @@ HELP = "MSE loss decomposition (NC1 + NC2/3 + LS-perp) and renormalized flow on 
 
 
 # ---------------------------------------------------------------------------- input checks
-
-
-def _as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
-    """``x`` (numpy array, torch tensor on any device, nested list) as finite float64 numpy."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
-        x = x.detach().cpu().double().numpy()
-    try:
-        arr = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
-        ) from exc
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} NaN/Inf entries")
-    return arr
 
 
 def _as_labels(labels: Any, num_samples: int, num_classes: int | None) -> tuple[np.ndarray, int]:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
+from ncollapse.theory._solve import as_float64 as _as_float64
+
 __all__ = [
     "GDTrajectory",
     "SVMResult",
@@ -44,22 +46,6 @@ HELP = ("implicit bias: gradient descent on logistic / cross-entropy loss vs the
 
 
 # ---------------------------------------------------------------------------- inputs
-
-
-def _as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().double().numpy()
-    try:
-        arr = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
-        ) from exc
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has NaN/Inf entries")
-    return arr
 
 
 def _as_int_labels(labels: Any, n: int) -> np.ndarray:
@@ -484,14 +470,13 @@ def plot_implicit_bias(curves: list[dict[str, Any]], out_path: str | Path) -> Pa
 
     Each curve: ``label``, ``steps``, ``weights``, ``svm_weight``.
     """
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ncollapse.io import atomic_write_bytes
+    from ncollapse.io import atomic_savefig
 
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0), dpi=100)
     for i, cur in enumerate(curves):
@@ -528,11 +513,8 @@ def plot_implicit_bias(curves: list[dict[str, Any]], out_path: str | Path) -> Pa
     fig.suptitle("Implicit bias of gradient descent on separable data [Soudry et al. 2018]",
                  fontsize=11)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    out_path = atomic_savefig(fig, out_path, format="png")
     plt.close(fig)
-    out_path = Path(out_path)
-    atomic_write_bytes(out_path, buf.getvalue())
     return out_path
 
 

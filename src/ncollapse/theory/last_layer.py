@@ -245,14 +245,13 @@ def ncc_error_monte_carlo(means: np.ndarray, sigma: float, samples_per_class: in
 def plot_last_layer(sweep: dict[str, Any], trajectories: list[dict[str, Any]],
                     channel: dict[str, Any], out_path: str | Path) -> Path:
     """Three panels: self-duality vs σ, self-duality vs GD step, NCC error on the channel."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ncollapse.io import atomic_write_bytes
+    from ncollapse.io import atomic_savefig
 
     fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.2), dpi=100)
     ax = axes[0]
@@ -304,11 +303,8 @@ def plot_last_layer(sweep: dict[str, Any], trajectories: list[dict[str, Any]],
                  f"d={sweep['dim']}, n={sweep['per_class']}/class, λ_W={sweep['lambda_w']:g})",
                  fontsize=11)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    out_path = atomic_savefig(fig, out_path, format="png")
     plt.close(fig)
-    out_path = Path(out_path)
-    atomic_write_bytes(out_path, buf.getvalue())
     return out_path
 
 
