@@ -428,7 +428,7 @@ def plot_mse_decomposition(run_dir: str | Path, out_path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ncollapse.io import atomic_write_bytes
+    from ncollapse.io import atomic_savefig
 
     data = read_mse_decomposition(run_dir)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
@@ -446,10 +446,8 @@ def plot_mse_decomposition(run_dir: str | Path, out_path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_path = Path(out_path)
-    buf = _png_bytes(fig)
+    out_path = atomic_savefig(fig, out_path, format="png")
     plt.close(fig)
-    atomic_write_bytes(out_path, buf)
     return out_path
 
 
@@ -466,14 +464,6 @@ def _run_label(run_dir: str | Path) -> str:
         return Path(run_dir).name
 
 
-def _png_bytes(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def plot_central_path(flow: dict[str, Any], out_path: str | Path) -> Path:
     """Two panels: ω_j(t) (simulation vs ODE) and their spread / the loss, log time axes."""
     import matplotlib
@@ -481,7 +471,7 @@ def plot_central_path(flow: dict[str, Any], out_path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ncollapse.io import atomic_write_bytes
+    from ncollapse.io import atomic_savefig
 
     t, om, ode = flow["time"], flow["omega"], flow["ode_omega"]
     keep = t > 0
@@ -517,10 +507,8 @@ def plot_central_path(flow: dict[str, Any], out_path: str | Path) -> Path:
     fig.suptitle(f"Renormalized gradient flow on the central path (C={c}, N={n}, λ=0)",
                  fontsize=11)
     fig.tight_layout()
-    out_path = Path(out_path)
-    buf = _png_bytes(fig)
+    out_path = atomic_savefig(fig, out_path, format="png")
     plt.close(fig)
-    atomic_write_bytes(out_path, buf)
     return out_path
 
 

@@ -17,7 +17,6 @@ Classes 0..C_A−1 are the majority (n_A samples each), C_A..C−1 the minority 
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import time
 import warnings
@@ -443,7 +442,7 @@ def _figure(rows: dict[str, list[dict[str, float]]], sol: LayerPeeledSolution, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ncollapse.io import atomic_write_bytes
+    from ncollapse.io import atomic_savefig
 
     c = sol.problem.classes
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3),
@@ -491,8 +490,6 @@ def _figure(rows: dict[str, list[dict[str, float]]], sol: LayerPeeledSolution, m
         ax.set_xlabel("class: majority | minority")
     fig.tight_layout()
     path = out / "theory-layer-peeled.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    atomic_savefig(fig, path, format="png", dpi=90)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -815,12 +815,8 @@ def _figure(problem: UFMProblem, sol: UFMSolution, cf: ClosedForm | None,
     fig.tight_layout()
     name = f"theory-ufm-{p.loss}{'-bias' if p.bias else '-nobias'}.png"
     path = out / name
-    import io as _io
+    from ncollapse.io import atomic_savefig
 
-    from ncollapse.io import atomic_write_bytes
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    atomic_savefig(fig, path, format="png", dpi=90)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
     return path
