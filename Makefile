@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 APT_PACKAGES ?= dataset-fashion-mnist chromium fonts-dejavu-core ffmpeg
 OUT ?= ncollapse-demo
+# The tests use the real integration packages (on CPU), so setup installs every extra.
+EXTRAS ?= dev,lightning,transformers,tensorboard
 
 .PHONY: setup system-packages demo test lint bench clean
 
@@ -30,7 +32,7 @@ $(VENV)/.setup-stamp: pyproject.toml Makefile
 	@if ! $(PY) -c "import torch" >/dev/null 2>&1; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
 	  else $(PY) -m pip install -q $(TORCH_PIN); fi; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
 demo: setup
