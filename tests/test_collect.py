@@ -158,7 +158,7 @@ def test_dict_batches_and_max_batches() -> None:
     assert torch.equal(got.labels, y[:32])
     custom = [{"a": x[:16], "b": y[:16]}]
     assert collect_features(model, custom, input_key="a", label_key="b").labels.shape == (16,)
-    with pytest.raises(ValueError, match="keys: \\['a', 'b'\\]"):
+    with pytest.raises(ValueError, match="available keys: a, b; name one with input_key"):
         collect_features(model, custom)
 
 

@@ -21,12 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ncollapse.keys import INPUT_KEYS, LABEL_KEYS, pick_key
 from ncollapse.metrics import NCAccumulator, NCMetrics
 
 __all__ = ["CollectedFeatures", "collect_features", "measure_model", "resolve_modules"]
 
-INPUT_KEYS = ("input", "inputs", "x", "image", "images", "data", "pixel_values")
-LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
@@ -112,19 +111,8 @@ def resolve_modules(model: nn.Module, layer: nn.Module | str | None = None,
 
 def _split_batch(batch: Any, input_key: str | None, label_key: str | None) -> tuple[Any, Any]:
     if isinstance(batch, Mapping):
-        def pick(key: str | None, choices: tuple[str, ...], what: str) -> Any:
-            if key is not None:
-                if key not in batch:
-                    raise ValueError(f"batch has no key {key!r}; keys: {sorted(map(str, batch))}")
-                return batch[key]
-            for k in choices:
-                if k in batch:
-                    return batch[k]
-            raise ValueError(
-                f"cannot tell which batch key holds the {what}; keys: {sorted(map(str, batch))}; "
-                f"pass {what[:-1] if what.endswith('s') else what}_key=..."
-            )
-        return pick(input_key, INPUT_KEYS, "input"), pick(label_key, LABEL_KEYS, "label")
+        return (pick_key(batch, input_key, INPUT_KEYS, "inputs", "input_key=..."),
+                pick_key(batch, label_key, LABEL_KEYS, "labels", "label_key=..."))
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise TypeError(

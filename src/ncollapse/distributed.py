@@ -81,15 +81,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_to_main(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor | None:
     """Concatenate every rank's ``tensor`` (first dims may differ) on rank 0; None elsewhere."""
     if not info.distributed:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ncollapse.keys import FEATURE_KEYS, LABEL_KEYS, pick_key
+
 # One line per NCMetrics field: what the number means (definitions: docs/metrics.md).
 DESCRIPTIONS: dict[str, str] = {
     "nc1": "NC1: Tr(Σ_W Σ_B^†)/C, within-class spread vs. class separation (0 = collapsed)",
@@ -35,8 +37,6 @@ DESCRIPTIONS: dict[str, str] = {
     "dim": "feature dimension d",
 }
 
-FEATURE_KEYS = ("features", "feats", "h", "H", "embeddings")
-LABEL_KEYS = ("labels", "label", "y", "targets", "target")
 EXAMPLE_NOISE = (1.0, 0.3, 0.1, 0.01, 0.001)
 
 
@@ -106,22 +106,6 @@ def _load_arrays(path: Path) -> dict[str, Any]:
                              "save it with torch.save({'features': ..., 'labels': ...})")
         return {str(k): v for k, v in obj.items()}
     raise ValueError(f"{path}: unknown file type {suffix!r}; expected .npz or .pt")
-
-
-def _pick(arrays: dict[str, Any], key: str | None, defaults: tuple[str, ...], what: str,
-          flag: str, required: bool) -> Any:
-    available = ", ".join(sorted(arrays)) or "(none)"
-    if key is not None:
-        if key not in arrays:
-            raise ValueError(f"no key {key!r} for the {what}; available keys: {available}")
-        return arrays[key]
-    for k in defaults:
-        if k in arrays:
-            return arrays[k]
-    if required:
-        raise ValueError(f"cannot find the {what} (tried {', '.join(defaults)}); available "
-                         f"keys: {available}; name one with {flag} KEY")
-    return None
 
 
 # --------------------------------------------------------------------------- output
@@ -239,11 +223,11 @@ def run(args: argparse.Namespace) -> int:
     from ncollapse.metrics import measure
 
     arrays = _load_arrays(args.file)
-    features = _pick(arrays, args.features, FEATURE_KEYS, "features", "--features", True)
-    labels = _pick(arrays, args.labels, LABEL_KEYS, "labels", "--labels", True)
-    weight = _pick(arrays, args.weight, ("weight",), "weight", "--weight", False)
-    bias = _pick(arrays, args.bias, ("bias",), "bias", "--bias", False)
-    logits = _pick(arrays, args.logits, ("logits",), "logits", "--logits", False)
+    features = pick_key(arrays, args.features, FEATURE_KEYS, "features", "--features KEY")
+    labels = pick_key(arrays, args.labels, LABEL_KEYS, "labels", "--labels KEY")
+    weight = pick_key(arrays, args.weight, ("weight",), "weight", "--weight KEY", required=False)
+    bias = pick_key(arrays, args.bias, ("bias",), "bias", "--bias KEY", required=False)
+    logits = pick_key(arrays, args.logits, ("logits",), "logits", "--logits KEY", required=False)
     metrics = measure(features, labels, weight=weight, bias=bias, logits=logits,
                       num_classes=args.num_classes).to_dict()
     table = f"{args.file}\n\n{format_table(metrics)}"
