@@ -343,7 +343,7 @@ def test_accuracy_float32_high_dimension():
 @pytest.mark.parametrize("sigma", [1.0, 1.7e-5])
 def test_accuracy_float32_several_bulk_chunks(sigma):
     """Few classes in float32 over several large chunks, each of several float32 slots."""
-    from ncollapse.metrics import _bulk_rows, _chunk_rows
+    from ncollapse.metrics.kernels import _bulk_rows, _chunk_rows
 
     n, d = 3500, 512
     step = _chunk_rows(d)

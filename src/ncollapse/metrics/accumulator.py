@@ -1,182 +1,32 @@
-"""Neural-collapse metrics: ``NCMetrics``, one-shot ``measure()``, streaming ``NCAccumulator``.
-
-Definitions and conventions: docs/metrics.md (formulas from Papyan, Han & Donoho 2020 and the
-papers cited there). Numerics in short: every class gets a shift s_c (one of its own samples,
-exactly representable in the input dtype), features are only ever used as differences
-h - s_y or h - mu_y computed in the input dtype (no digits lost to a common offset), and all
-sums are accumulated in float64. NC1 and the nearest-class-centre decisions use projections
-onto the span of the centred class means, so no d x d matrix is ever formed (unless
-``full_covariance=True``).
-"""
+"""``NCAccumulator``: streaming, mergeable neural-collapse statistics (one or two passes)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ncollapse import validation as V
+from ncollapse.metrics.kernels import (
+    _angles,
+    _bulk_rows,
+    _chunk_rows,
+    _compute_dtype,
+    _dist_active,
+    _etf_error,
+    _f,
+    _gather_sub,
+    _pair_sqdist,
+    _pairs,
+)
+from ncollapse.metrics.result import NCMetrics
 
-__all__ = [
-    "NCMetrics",
-    "NCAccumulator",
-    "measure",
-    "nc1_unnormalized",
-    "self_duality_unsquared",
-    "equiangular_ordered_pairs",
-]
+__all__ = ["NCAccumulator"]
 
 _F64 = torch.float64
-_CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
-_BULK_ELEMS = 1 << 19  # float32 feature elements per operation in the few-class paths
 _STATE_VERSION = 1
-
-
-@dataclass
-class NCMetrics:
-    """Neural-collapse measurements (see docs/metrics.md). None: not measurable from the inputs.
-
-    num_classes is the number of classes present in the data (the C in every formula).
-    """
-
-    nc1: float | None = None
-    nc1_trace_ratio: float | None = None
-    cdnv: float | None = None
-    equinorm_means: float | None = None
-    equinorm_weights: float | None = None
-    equiangular_means: float | None = None
-    equiangular_weights: float | None = None
-    maxangle_means: float | None = None
-    maxangle_weights: float | None = None
-    etf_error_means: float | None = None
-    etf_error_weights: float | None = None
-    self_duality: float | None = None
-    self_duality_etf_error: float | None = None
-    ncc_mismatch: float | None = None
-    accuracy: float | None = None
-    bias_collapse: float | None = None
-    num_classes: int = 0
-    num_samples: int = 0
-    dim: int = 0
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        """All fields as a plain dict (floats, ints and None only)."""
-        return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        """Names of all fields, in order."""
-        return [f.name for f in fields(cls)]
-
-
-def nc1_unnormalized(m: NCMetrics) -> float | None:
-    """NC1 without the 1/C factor, Tr(Sigma_W Sigma_B^+), as some public code reports it."""
-    return None if m.nc1 is None else m.nc1 * m.num_classes
-
-
-def self_duality_unsquared(m: NCMetrics) -> float | None:
-    """NC3 as the plain (not squared) Frobenius distance ||W/||W|| - M/||M|| ||_F."""
-    return None if m.self_duality is None else math.sqrt(max(m.self_duality, 0.0))
-
-
-def equiangular_ordered_pairs(m: NCMetrics) -> tuple[float | None, float | None]:
-    """Equiangularity (means, weights) as the ddof=1 std over ordered pairs c != c' (every
-    pair counted twice), as some public code computes it, instead of over pairs c < c'."""
-    p = m.num_classes * (m.num_classes - 1) // 2
-    factor = math.sqrt(2.0 * (p - 1) / (2.0 * p - 1)) if p > 1 else 0.0
-    return tuple(None if v is None else v * factor  # type: ignore[return-value]
-                 for v in (m.equiangular_means, m.equiangular_weights))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return _F64 if dtype == _F64 else torch.float32
-
-
-def _chunk_rows(dim: int, cols: int = 0) -> int:
-    """Rows per chunk: about a MiB of features (cache-sized elementwise work), and enough
-    rows for an efficient matrix product with ``cols`` columns."""
-    rows = _CHUNK_ELEMS // max(1, dim)
-    if cols >= 512:
-        rows = max(rows, 1024)
-    return max(64, min(8192, rows))
-
-
-def _bulk_rows(dim: int, step: int, n: int) -> int:
-    """Rows per operation for narrow work (few classes): about 2 MiB of float32 features
-    (cache-sized), a multiple of ``step``, so that per-operation overhead (thread start-up)
-    stays small."""
-    rows = max(step, (_BULK_ELEMS // max(1, dim)) // step * step)
-    return min(rows, -(-n // step) * step)
-
-
-_PAIRS: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _pairs(c: int, device: torch.device) -> torch.Tensor:
-    """Index pairs c < c' (2 x C(C-1)/2), cached for small C (read-only)."""
-    if c > 256:
-        return torch.triu_indices(c, c, offset=1, device=device)
-    key = (c, str(device))
-    if key not in _PAIRS:
-        _PAIRS[key] = torch.triu_indices(c, c, offset=1, device=device)
-    return _PAIRS[key]
-
-
-def _dist_active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _f(x: torch.Tensor | float) -> float:
-    return float(x)
-
-
-def _angles(x: torch.Tensor, gram: torch.Tensor | None = None
-            ) -> tuple[float, float | None, float, float]:
-    """Equinorm, equiangularity, max-angle and ETF-Gram error of the rows of ``x`` (float64)."""
-    c = x.shape[0]
-    g = x @ x.T if gram is None else gram
-    norms = x.norm(dim=1)
-    equinorm = _f(norms.std(unbiased=True) / norms.mean())
-    cos = g / norms[:, None] / norms[None, :]
-    iu = _pairs(c, x.device)
-    pair = cos[iu[0], iu[1]]
-    equiang = _f(pair.std(unbiased=True)) if pair.numel() > 1 else None
-    maxangle = _f((pair + 1.0 / (c - 1)).abs().mean())
-    return equinorm, equiang, maxangle, _etf_error(g)
-
-
-def _etf_error(g: torch.Tensor) -> float:
-    c = g.shape[0]
-    target = (torch.eye(c, dtype=_F64, device=g.device) - 1.0 / c) / math.sqrt(c - 1)
-    return _f(torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target))
-
-
-def _pair_sqdist(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared distances between the rows of ``x`` (float64), exact differences when small."""
-    c, d = x.shape
-    if c * c * d <= 1 << 24:
-        return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    g = x @ x.T if gram is None else gram
-    sq = g.diagonal()
-    out = sq[:, None] + sq[None, :] - 2.0 * g
-    out.clamp_(min=0.0).fill_diagonal_(0.0)
-    return out
-
-
-def _gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """h - table[idx] in one fresh buffer of the table's dtype (exact when h is float32 and
-    the table float64); index_select is much faster than fancy indexing."""
-    out = torch.index_select(table, 0, idx)
-    return torch.sub(h, out, out=out)
-
-
-# ----------------------------------------------------------------------------- accumulator
 
 
 class NCAccumulator:
@@ -1011,45 +861,3 @@ class NCAccumulator:
             self.phase = 2
             self._p2 = {k: v.to(dev).clone() for k, v in sd["pass2"].items()}
 
-
-# ----------------------------------------------------------------------------- one shot
-
-
-def measure(
-    features: Any,
-    labels: Any,
-    *,
-    weight: Any = None,
-    bias: Any = None,
-    num_classes: int | None = None,
-    logits: Any = None,
-    ncc_means: Any = None,
-) -> NCMetrics:
-    """All neural-collapse metrics of in-memory features (N, d) with labels (N,).
-
-    ``weight`` (C, d) and ``bias`` (C,) are the last layer; ``logits`` (N, C), when given,
-    supply the classifier's decisions instead of argmax(W h + b). ``ncc_means`` (C, d) makes
-    NC4 compare with these centres (e.g. training means on test data) instead of the data's own
-    class means. Computes on the features' device; float64 inputs are measured in float64,
-    others in float32 with float64 accumulation.
-    """
-    h = V.check_features(features)
-    y = V.check_labels(labels, h.shape[0], h.device)
-    lg = None if logits is None else V.as_tensor(logits, "logits", h.device)
-    w = None if weight is None else V.as_tensor(weight, "weight")
-    b = None if bias is None else V.as_tensor(bias, "bias")
-    nm = None if ncc_means is None else V.as_tensor(ncc_means, "ncc_means")
-    c = V.resolve_num_classes(num_classes, y, w, b, lg, nm)
-    V.check_label_range(y, c)
-    acc = NCAccumulator(num_classes=c, weight=w, bias=b, ncc_means=nm)
-    acc._track_scatter = False
-    acc._classify_pass1 = False
-    acc._local = True
-    h = h.to(dtype=_compute_dtype(h.dtype))
-    acc._init(h, None)
-    acc._ingest(h, y, None)  # inputs checked once above, for both passes
-    acc.begin_second_pass()
-    if lg is not None:
-        lg = V.check_logits(lg, h.shape[0], c, h.device)
-    acc._ingest(h, y, lg)
-    return acc.compute()
