@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
-import matplotlib
 import numpy as np
 import pytest
 from _runfactory import make_run, measurement_epochs, nc_row, train_error_at
@@ -15,8 +16,6 @@ from PIL import Image
 
 from ncollapse import plots
 from ncollapse.runs import load_run, load_runs
-
-matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="module")
@@ -144,22 +143,22 @@ def test_panels_plot_the_recorded_values_on_log_axes(runs_dir):
 def test_missing_data_is_annotated(runs_dir):
     crashed = load_run(runs_dir / "crashed")
     fig, ax = _axes()
-    notes = plots.plot_self_duality(ax, [crashed])
+    notes = plots.plot_panel(ax, [crashed], "self_duality")
     assert notes == ["classifier weights not recorded"]
     texts = [t.get_text() for t in ax.texts]
     assert any("no data: classifier weights not recorded" in t for t in texts)
 
     fig, ax = _axes()
-    notes = plots.plot_equinorm(ax, [crashed])  # means present, classifier rows absent
+    notes = plots.plot_panel(ax, [crashed], "equinorm")  # means present, classifier rows absent
     assert notes == ["classifier rows: classifier weights not recorded"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("no data: classifier rows" in t for t in legend)
 
     notest = load_run(runs_dir / "notest")
     fig, ax = _axes()
-    assert plots.plot_test_accuracy(ax, [notest]) == ["no test set measured"]
+    assert plots.plot_panel(ax, [notest], "test_accuracy") == ["no test set measured"]
     fig, ax = _axes()
-    assert plots.plot_ncc_mismatch(ax, [notest]) == ["test: no test set measured"]
+    assert plots.plot_panel(ax, [notest], "ncc_mismatch") == ["test: no test set measured"]
 
 
 def test_overlay_legend_names_every_run(runs_dir):
@@ -245,3 +244,23 @@ def test_cli_plot(runs_dir, tmp_path, capsys):
     assert "note: crashed:" in printed and f"wrote 10 files to {out}" in printed
     assert main(["plot", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_importing_figures_keeps_the_users_backend():
+    # A notebook user's backend must survive ``import ncollapse.plots``/``animation``/``report``;
+    # pyplot (global figure state) is never imported either. A fresh interpreter, so that
+    # earlier imports in this process cannot hide a switch.
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "import ncollapse.plots, ncollapse.animation, ncollapse.report\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["svg", "False"]
+
+
+def test_figures_render_without_pyplot(runs_dir):
+    fig = plots.panel_figure([runs_dir / "full"], "nc1")
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    assert plots.figure_bytes(fig, "png")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from PIL import Image
 
-matplotlib.use("Agg", force=False)
-
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from ncollapse.geometry import canonical_etf, etf_distance, procrustes  # noqa: E402
-from ncollapse.io import atomic_write_bytes  # noqa: E402
-from ncollapse.runs import Run, load_run, load_snapshot  # noqa: E402
+from ncollapse.geometry import canonical_etf, etf_distance, procrustes
+from ncollapse.io import atomic_write_bytes
+from ncollapse.metrics import measure
+from ncollapse.runs import Run, load_run, load_snapshot
+from ncollapse.theory.ufm import gradient_descent_trajectory
 
 __all__ = [
     "Frame",
@@ -231,8 +231,6 @@ def ufm_frames(records: Sequence[Mapping[str, Any]], *, classes: int | None = No
                ) -> list[Frame]:
     """Frames from an unconstrained-features trajectory (dicts with step, features, labels,
     weight, bias), e.g. :func:`ncollapse.theory.ufm.gradient_descent_trajectory`."""
-    from ncollapse import measure
-
     frames: list[Frame] = []
     ids: tuple[int, ...] | None = None
     for rec in records:
@@ -269,6 +267,7 @@ def render_frame(frame: Frame, *, fig: Figure | None = None, azim: float = VIEW_
     """
     if fig is None:
         fig = Figure(figsize=(FRAME_SIZE_IN, FRAME_SIZE_IN), dpi=FRAME_DPI)
+        FigureCanvasAgg(fig)  # draw with Agg, never through pyplot or the global backend
     fig.clear()
     with matplotlib.rc_context({"font.family": "DejaVu Sans", "font.size": 9}):
         if frame.dim == 2:
@@ -455,8 +454,6 @@ def write_animation(frames: Sequence[Frame], out: str | Path, *, fps: float = 6.
 
 
 def _write_gif(images: list[np.ndarray], out: Path, durations: list[int]) -> Path:
-    from PIL import Image
-
     # one palette per frame: Pillow's mapping onto a shared palette shifts colours (white
     # becomes 252), median cut per frame keeps the few flat colours of a plot exact
     pal = [Image.fromarray(im).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
@@ -512,8 +509,6 @@ def animate_ufm(out: str | Path, *, classes: int = 4, per_class: int = 15, dim: 
                 mp4: bool | None = None) -> list[Path]:
     """Animate plain gradient descent on the unconstrained features model (all ``classes``
     drawn, 3 or 4) from a small random start; returns the written paths."""
-    from ncollapse.theory.ufm import gradient_descent_trajectory
-
     if classes not in (3, 4):
         raise ValueError(f"classes must be 3 (triangle) or 4 (tetrahedron), got {classes}")
     records = gradient_descent_trajectory(

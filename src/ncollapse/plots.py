@@ -6,36 +6,32 @@ phase of training (TPT, first epoch with zero training error) as a dashed vertic
 run. Several runs overlay in different colours. Missing data is drawn as far as it exists and
 the panel says what is missing.
 
-Each ``plot_<panel>(ax, runs)`` draws one panel on a given matplotlib Axes;
+:func:`plot_panel` draws one panel (a name in ``PANELS``) on a given matplotlib Axes;
 :func:`overview_figure` and :func:`panel_figure` build whole figures; :func:`plot_runs` writes
-them all to files.
+them all to files. Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas:
+nothing here touches pyplot or switches the user's matplotlib backend.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-matplotlib.use("Agg", force=False)
-
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
-    FuncFormatter,
-    LogLocator,
-    NullFormatter,
-)
-
-from ncollapse.io import atomic_write_bytes  # noqa: E402
-from ncollapse.runs import Run, load_runs  # noqa: E402
+from ncollapse.io import atomic_write_bytes
+from ncollapse.runs import Run, load_runs
 
 __all__ = [
     "PANELS",
@@ -45,17 +41,8 @@ __all__ = [
     "figure_bytes",
     "overview_figure",
     "panel_figure",
-    "plot_equiangularity",
-    "plot_equinorm",
-    "plot_maxangle",
-    "plot_nc1",
-    "plot_ncc_mismatch",
     "plot_panel",
     "plot_runs",
-    "plot_self_duality",
-    "plot_test_accuracy",
-    "plot_train_error",
-    "plot_train_loss",
 ]
 
 FORMATS = ("png", "svg", "pdf")
@@ -236,51 +223,6 @@ def plot_panel(ax: Axes, runs: Sequence[Run | str | Path], panel: str | Panel, *
     return notes
 
 
-def plot_train_error(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """Training error (%) against epoch."""
-    return plot_panel(ax, runs, "train_error", **kw)
-
-
-def plot_train_loss(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """Training (and test) loss against epoch, log-log."""
-    return plot_panel(ax, runs, "train_loss", **kw)
-
-
-def plot_test_accuracy(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """Test accuracy (%) against epoch."""
-    return plot_panel(ax, runs, "test_accuracy", **kw)
-
-
-def plot_nc1(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC1 = Tr(Σ_W Σ_B^†)/C on the training set, log-log."""
-    return plot_panel(ax, runs, "nc1", **kw)
-
-
-def plot_equinorm(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC2 equinorm of the centred class means and of the classifier rows."""
-    return plot_panel(ax, runs, "equinorm", **kw)
-
-
-def plot_equiangularity(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC2 equiangularity (std of pairwise cosines) of means and classifier rows."""
-    return plot_panel(ax, runs, "equiangularity", **kw)
-
-
-def plot_maxangle(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC2 maximal angle (mean |cos + 1/(C−1)|) of means and classifier rows."""
-    return plot_panel(ax, runs, "maxangle", **kw)
-
-
-def plot_self_duality(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC3 self-duality ‖W/‖W‖ − M̃/‖M̃‖‖²."""
-    return plot_panel(ax, runs, "self_duality", **kw)
-
-
-def plot_ncc_mismatch(ax: Axes, runs: Sequence[Run | str | Path], **kw: Any) -> list[str]:
-    """NC4 mismatch between the network and the nearest class centre, train and test."""
-    return plot_panel(ax, runs, "ncc_mismatch", **kw)
-
-
 # ----------------------------------------------------------------------------- figures
 
 
@@ -291,6 +233,7 @@ def overview_figure(runs: Sequence[Run | str | Path], *, labels: Sequence[str] |
     colours = _colours(len(run_list))
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(12.5, 10.5), layout="constrained")
+        FigureCanvasAgg(fig)  # draw with Agg, never through pyplot or the global backend
         axes = fig.subplots(3, 3)
         for ax, name in zip(axes.flat, PANELS, strict=True):
             plot_panel(ax, run_list, name, legend="styles", colours=colours)
@@ -313,6 +256,7 @@ def panel_figure(runs: Sequence[Run | str | Path], panel: str, *,
     run_list = _as_runs(runs, labels)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(4.8, 3.6), layout="constrained")
+        FigureCanvasAgg(fig)  # draw with Agg, never through pyplot or the global backend
         ax = fig.add_subplot()
         plot_panel(ax, run_list, panel, legend="full", colours=_colours(len(run_list)))
     return fig
@@ -524,8 +468,6 @@ def _legend_handles(runs: list[Run], colours: list[str], spec: Panel, drawn: set
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width)) or text
 
 

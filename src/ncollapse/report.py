@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ncollapse import __version__
+from ncollapse.animation import animate_run
 from ncollapse.io import atomic_write_text
 from ncollapse.plots import PANELS, figure_bytes, overview_figure, panel_figure
 from ncollapse.runs import Run, load_run
@@ -279,8 +280,6 @@ def _animation_bytes(run: Run, animation: str | Path | None, make: bool,
         return None, "not requested"
     if not run.snapshots:
         return None, next((p for p in run.problems if "snapshots" in p), "no snapshots")
-    from ncollapse.animation import animate_run
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             paths = animate_run(run, Path(tmp) / "animation.gif", classes, class_ids=class_ids,
