@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_float64",
+    "as_int_labels",
     "as_tensor",
     "check_features",
     "check_labels",
@@ -24,6 +26,8 @@ __all__ = [
     "warn_absent_classes",
     "warn_low_dimension",
     "report_nonfinite",
+    "require_balanced",
+    "require_two_classes",
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -239,3 +243,50 @@ def require_two_classes(num_present: int) -> None:
             f"need samples from at least 2 classes, got {num_present}; the collapse metrics "
             f"compare classes (check the labels, or measure on a larger subset)"
         )
+
+
+def as_float64(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
+    """``x`` (numpy array, torch tensor on any device, nested list) as a finite float64 numpy
+    array (a copy), optionally required to have ``ndim`` dimensions."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    try:
+        arr = np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
+        ) from exc
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
+        raise ValueError(
+            f"{name} has {int(bad.sum())} NaN/Inf entries (first at index {first}); "
+            f"remove or repair them first"
+        )
+    return arr
+
+
+def as_int_labels(labels: Any, n: int, num_classes: int | None = None) -> tuple[np.ndarray, int]:
+    """Labels as an int64 numpy array of length ``n`` with values in [0, C), and C
+    (``num_classes``, or the largest label + 1 when it is None); the checks of
+    ``check_labels`` and ``check_label_range``."""
+    y = check_labels(labels, n, torch.device("cpu"))
+    c = resolve_num_classes(num_classes, y)
+    check_label_range(y, c)
+    return y.numpy(), c
+
+
+def require_balanced(counts: Any, what: str) -> int:
+    """The common per-class count; raise unless every one of C >= 2 classes has it (> 0)."""
+    cnt = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts).ravel()
+    if cnt.size < 2:
+        raise ValueError(f"{what} needs at least 2 classes, got {cnt.size}")
+    if cnt.min() == 0 or cnt.min() != cnt.max():
+        raise ValueError(
+            f"{what} is stated for balanced classes (every class the same number of samples); "
+            f"got per-class counts {cnt.tolist()}. Subsample to a balanced set first "
+            "(e.g. ncollapse.data's balanced subsets)."
+        )
+    return int(cnt[0])

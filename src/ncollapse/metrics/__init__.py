@@ -9,10 +9,13 @@ onto the span of the centred class means, so no d x d matrix is ever formed (unl
 ``full_covariance=True``).
 
 Modules: ``result`` (NCMetrics and alternative conventions), ``accumulator`` (NCAccumulator),
-``kernels`` (numeric kernels), ``measure`` (the one-shot function).
+``kernels`` (numeric kernels), ``measure`` (the one-shot function), ``decomposition``
+(the MSE loss decomposition of Han, Papyan & Donoho 2022).
 """
 
 from ncollapse.metrics.accumulator import NCAccumulator
+from ncollapse.metrics.decomposition import least_squares_classifier, mse_decomposition
+from ncollapse.metrics.kernels import class_means
 from ncollapse.metrics.measure import measure
 from ncollapse.metrics.result import (
     NCMetrics,
@@ -28,4 +31,7 @@ __all__ = [
     "nc1_unnormalized",
     "self_duality_unsquared",
     "equiangular_ordered_pairs",
+    "mse_decomposition",
+    "least_squares_classifier",
+    "class_means",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -93,3 +95,27 @@ def _gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torc
     out = torch.index_select(table, 0, idx)
     return torch.sub(h, out, out=out)
 
+
+
+def class_means(features: Any, labels: Any, num_classes: int) -> tuple[Any, Any]:
+    """Class means (C, d) and counts (C,) of features (N, d), in float64, exact to rounding.
+
+    Each class's samples are first centred on one of them (so a large common offset costs no
+    digits), then summed in float64. Rows of classes without samples are NaN. Numpy inputs
+    give numpy outputs, tensors give tensors on the features' device. Labels are assumed
+    checked (integers in [0, num_classes)).
+    """
+    is_np = not isinstance(features, torch.Tensor)
+    h = torch.as_tensor(np.asarray(features)) if is_np else features.detach()
+    y = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels
+    y = y.to(device=h.device, dtype=torch.int64)
+    n = h.shape[0]
+    counts = torch.bincount(y, minlength=num_classes)
+    first = torch.full((num_classes,), max(n - 1, 0), dtype=torch.int64, device=h.device)
+    first.scatter_reduce_(0, y, torch.arange(n, device=h.device), reduce="amin")
+    shift = h[first].to(_F64)
+    sums = torch.zeros(num_classes, h.shape[1], dtype=_F64, device=h.device)
+    sums.index_add_(0, y, h.to(_F64) - shift[y])
+    means = shift + sums / counts.to(_F64)[:, None]
+    means[counts == 0] = math.nan
+    return (means.cpu().numpy(), counts.cpu().numpy()) if is_np else (means, counts)
