@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ncollapse.validation import as_float64 as _as_float64
+
 __all__ = [
     "ProcrustesResult",
     "canonical_etf",
@@ -27,25 +29,6 @@ __all__ = [
     "random_orthonormal",
     "simplex_etf",
 ]
-
-
-def _as_float64(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    """``x`` (numpy array, torch tensor or nested list) as a finite float64 numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-        x = x.detach().cpu().double().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
-        ) from exc
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = np.argwhere(bad)[0].tolist()
-        raise ValueError(f"{name} has {int(bad.sum())} NaN/Inf entries (first at index {first})")
-    return arr
 
 
 def _check_num_classes(num_classes: int) -> int:
