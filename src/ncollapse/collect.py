@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from ncollapse.keys import INPUT_KEYS, LABEL_KEYS, pick_key
-from ncollapse.metrics import NCAccumulator, NCMetrics
+from ncollapse.metrics import NCAccumulator, NCMetrics, measure
 
 __all__ = ["CollectedFeatures", "collect_features", "measure_model", "resolve_modules"]
 
@@ -46,8 +47,6 @@ class CollectedFeatures:
 
     def measure(self, **kwargs: Any) -> NCMetrics:
         """``ncollapse.measure`` on these features, with the classifier's W, b and logits."""
-        from ncollapse.metrics import measure
-
         return measure(self.features, self.labels, weight=self.weight, bias=self.bias,
                        logits=self.logits, **kwargs)
 
@@ -204,8 +203,6 @@ def _iterate(model: nn.Module, loader: Iterable[Any], feat_module: nn.Module,
         total = max_batches if total is None else min(total, max_batches)
     batches: Iterable[Any] = loader
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(loader, total=total, desc=desc, unit="batch", leave=False)
 
     handles = [feat_module.register_forward_hook(feat_hook),

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ncollapse.geometry import simplex_etf
+
 __all__ = [
     "MODELS",
     "MLP",
@@ -215,8 +217,6 @@ def fix_classifier_to_etf(model: nn.Module, *, scale: float = 1.0,
     ``scale`` in R^feature_dim (canonical orientation, or a random rotation fixed by ``seed``);
     the bias, if any, is zero. Needs feature_dim ≥ C − 1. Returns the model.
     """
-    from ncollapse.geometry import simplex_etf
-
     clf = getattr(model, "classifier", None)
     if not isinstance(clf, nn.Linear):
         raise TypeError("model must have an nn.Linear attribute 'classifier', got "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Library imports happen inside run(): ``ncollapse --help`` imports every command module,
+# and torch/matplotlib would make it slow.
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

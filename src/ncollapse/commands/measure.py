@@ -40,6 +40,10 @@ DESCRIPTIONS: dict[str, str] = {
 EXAMPLE_NOISE = (1.0, 0.3, 0.1, 0.01, 0.001)
 
 
+# Library imports happen inside run(): ``ncollapse --help`` imports every command module,
+# and torch/matplotlib would make it slow.
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "measure",

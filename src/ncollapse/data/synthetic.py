@@ -17,6 +17,7 @@ DIGITS_SPLIT_SEED = 20240  # fixed: the digits split never depends on the run se
 @functools.lru_cache(maxsize=1)
 def _digits_split() -> Splits:
     """The fixed digits split, read from scikit-learn once per process."""
+    # scikit-learn takes about a second to import and only this dataset needs it
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
