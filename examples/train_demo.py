@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ncollapse.config import load_config
-from ncollapse.io import read_jsonl
+from ncollapse.rundir import read_jsonl
 from ncollapse.training import run_summary, train
 
 

@@ -17,8 +17,9 @@ import torch
 from ncollapse import measure
 from ncollapse.config import load_config
 from ncollapse.data import load_dataset
-from ncollapse.io import read_jsonl, safe_torch_load
+from ncollapse.io import safe_torch_load
 from ncollapse.models import build_model
+from ncollapse.rundir import read_jsonl
 
 CONFIG = {
     "run": {"seed": 2, "device": "cpu"},

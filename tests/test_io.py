@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ncollapse import io
+from ncollapse.rundir import read_jsonl
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -46,13 +47,13 @@ def test_jsonl_roundtrip_and_truncated_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     rows = [{"epoch": 1, "x": 0.5}, {"epoch": 2, "x": None}]
     io.atomic_write_jsonl(path, rows)
-    assert io.read_jsonl(path) == rows
+    assert read_jsonl(path) == rows
     with open(path, "a") as fh:
         fh.write('{"epoch": 3, "x"')  # a crash mid-append
-    assert io.read_jsonl(path) == rows
+    assert read_jsonl(path) == rows
     path.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
     with pytest.raises(ValueError, match="line 2"):
-        io.read_jsonl(path)
+        read_jsonl(path)
 
 
 def test_torch_roundtrip_and_pickle_rejected(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 import tomli_w
 import torch
 
-from ncollapse.io import read_jsonl, safe_torch_load
+from ncollapse.io import safe_torch_load
+from ncollapse.rundir import read_jsonl
 
 CONFIG = {
     "run": {"seed": 5, "device": "cpu"},

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-import ncollapse.training as T
+import ncollapse.training.loop as T
 from ncollapse import measure
 from ncollapse.cli import main as cli_main
 from ncollapse.config import load_config, paper_lr_grid
 from ncollapse.data import load_dataset
-from ncollapse.io import read_jsonl, safe_torch_load
+from ncollapse.io import safe_torch_load
 from ncollapse.models import build_model
+from ncollapse.rundir import read_jsonl
 from ncollapse.training import TrainingDiverged, lr_at, lr_sweep, measurement_epochs, train
 
 TINY = {"dataset": "digits", "per_class": 20, "model": "mlp", "width": 32, "depth": 2,

@@ -11,10 +11,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from ncollapse.collect import collect_features, measure_model  # noqa: E402
 from ncollapse.metrics import NCAccumulator, NCMetrics, measure  # noqa: E402
+from ncollapse.rundir import RunWriter  # noqa: E402
 
 __all__ = [
     "NCAccumulator",
     "NCMetrics",
+    "RunWriter",
     "collect_features",
     "measure",
     "measure_model",

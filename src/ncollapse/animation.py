@@ -34,7 +34,7 @@ from PIL import Image
 from ncollapse.geometry import canonical_etf, etf_distance, procrustes
 from ncollapse.io import atomic_write_bytes
 from ncollapse.metrics import measure
-from ncollapse.runs import Run, load_run, load_snapshot
+from ncollapse.rundir import Run, load_run, load_snapshot
 from ncollapse.theory.ufm import gradient_descent_trajectory
 
 __all__ = [

@@ -18,10 +18,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ncollapse import training
+from ncollapse.animation import animate_run
+from ncollapse.config import TrainConfig, load_config
+from ncollapse.plots import plot_runs
+from ncollapse.report import build_report
+from ncollapse.rundir import CONFIG, config_differences, is_run_dir, load_run
+
 __all__ = ["DEFAULT_OUT", "run_demo"]
 
 DEFAULT_OUT = Path("ncollapse-demo")
-_RUN_MARKERS = ("config.toml", "status.json", "metrics.jsonl")
 
 
 def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
@@ -39,25 +45,14 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
     ``report`` to paths, ``trained`` to what happened (``"new"``, ``"resumed"``, ``"reused"``)
     and ``seconds`` to the wall time.
     """
-    from ncollapse.animation import animate_run
-    from ncollapse.config import load_config
-    from ncollapse.plots import plot_runs
-    from ncollapse.report import build_report
-    from ncollapse.runs import load_run
-    from ncollapse.training import train
-
     say = echo or (lambda line: print(line, flush=True))
     start = time.perf_counter()
     out = Path(out)
     run_dir = out / "run"
     config = load_config(preset="demo", overrides=overrides)
 
-    if fresh and run_dir.exists():
-        if not any((run_dir / m).exists() for m in _RUN_MARKERS) and any(run_dir.iterdir()):
-            raise ValueError(f"{run_dir} exists but is not a run directory; refusing to delete "
-                             "it with --fresh. Move it away or choose another --out")
-        say(f"--fresh: removing the previous run in {run_dir}")
-        shutil.rmtree(run_dir)
+    if fresh:
+        _remove_run(run_dir, say)
 
     state = _run_state(run_dir)
     what = _describe(config)
@@ -67,12 +62,12 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, fresh: bool = False,
         trained = "reused"
     elif state is None:
         say(f"[1/4] training {what} -> {run_dir}")
-        train(config, out=run_dir, progress=progress)
+        training.train(config, out=run_dir, progress=progress)
         trained = "new"
     else:
         _check_same_config(run_dir, config)
         say(f"[1/4] resuming the unfinished run in {run_dir} ({state}) -> {what}")
-        train(None, out=run_dir, resume=True, progress=progress)
+        training.train(None, out=run_dir, resume=True, progress=progress)
         trained = "resumed"
 
     run = load_run(run_dir, name="demo")
@@ -125,24 +120,36 @@ def summary_lines(run: Any, result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _remove_run(run_dir: Path, say: Callable[[str], None]) -> None:
+    """Delete ``run_dir`` for ``--fresh``, only if it is a run directory of ours (a real folder,
+    not a symlink; nothing outside it is followed)."""
+    if run_dir.is_symlink():
+        raise ValueError(f"{run_dir} is a symbolic link; refusing to delete through it with "
+                         "--fresh. Remove the link yourself or choose another --out")
+    if not run_dir.exists():
+        return
+    if not is_run_dir(run_dir):
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+            return
+        raise ValueError(f"{run_dir} exists but is not a run directory; refusing to delete "
+                         "it with --fresh. Move it away or choose another --out")
+    say(f"--fresh: removing the previous run in {run_dir}")
+    shutil.rmtree(run_dir)  # rmtree does not follow symlinks inside the tree
+
+
 def _run_state(run_dir: Path) -> str | None:
     """None when there is no run yet, else the state in status.json (``"unknown"`` without)."""
-    if not run_dir.exists() or not any((run_dir / m).exists() for m in _RUN_MARKERS):
+    if not is_run_dir(run_dir):
         return None
-    from ncollapse.runs import load_run
-
     return load_run(run_dir).state
 
 
-def _check_same_config(run_dir: Path, config: Any) -> None:
-    from ncollapse.config import load_config
-
-    path = run_dir / "config.toml"
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    path = run_dir / CONFIG
     if not path.is_file():
         raise ValueError(f"{run_dir} holds a run without config.toml; rerun with --fresh")
-    saved = load_config(path=path).to_dict()
-    wanted = config.to_dict()
-    diff = [k for k, v in wanted.items() if k != "device" and saved.get(k) != v]
+    diff = config_differences(load_config(path=path), config)
     if diff:
         raise ValueError(f"{run_dir} holds a run with a different config (differs in: "
                          f"{', '.join(diff)}); rerun with --fresh or choose another --out")

@@ -61,23 +61,6 @@ def atomic_write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> Non
     atomic_write_text(path, text)
 
 
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a truncated last line (from a crash) is ignored."""
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if k == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {k + 1} is not valid JSON") from None
-    return rows
-
-
 def atomic_savefig(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
     """Render a matplotlib figure (format from the suffix unless given) and write it atomically."""
     path = Path(path)

@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ncollapse.io import atomic_write_bytes
-from ncollapse.runs import Run, load_runs
+from ncollapse.rundir import Run, load_runs
 
 __all__ = [
     "PANELS",

@@ -18,7 +18,7 @@ from ncollapse import __version__
 from ncollapse.animation import animate_run
 from ncollapse.io import atomic_write_text
 from ncollapse.plots import PANELS, figure_bytes, overview_figure, panel_figure
-from ncollapse.runs import Run, load_run
+from ncollapse.rundir import Run, load_run
 
 __all__ = ["TABLE_ROWS", "build_report", "metric_table", "render_html"]
 

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ncollapse.plots import plot_runs
-    from ncollapse.runs import load_runs
+    from ncollapse.rundir import load_runs
 
     runs = load_runs(args.run_dirs, args.labels)
     out = args.out

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ncollapse.report import build_report
-    from ncollapse.runs import load_run
+    from ncollapse.rundir import load_run
 
     run = load_run(args.run_dir)
     for problem in run.problems:

@@ -1,4 +1,5 @@
-"""Reading a run directory (config, status, metrics, snapshots) for plots, animations, reports.
+"""Reading a run directory (config, status, metrics, snapshots) for plots, animations, reports,
+the theory lab and resume.
 
 Reading is forgiving: a run that is still going, crashed half way, or lost a file still loads;
 whatever is missing or damaged is listed in plain words in :attr:`Run.problems`. Only a path
@@ -11,7 +12,6 @@ import csv
 import dataclasses
 import json
 import math
-import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,15 +20,26 @@ from typing import Any
 
 import numpy as np
 
+from ncollapse.rundir.layout import (
+    CONFIG,
+    EPOCHS,
+    METRICS,
+    METRICS_CSV,
+    RUN_FILES,
+    SNAPSHOT_RE,
+    SNAPSHOTS,
+    STATUS,
+)
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["Run", "load_run", "load_runs", "load_snapshot", "read_jsonl_tolerant"]
+__all__ = ["Run", "load_run", "load_runs", "load_snapshot", "read_jsonl", "read_status",
+           "run_summary"]
 
-RUN_FILES = ("config.toml", "status.json", "metrics.jsonl", "metrics.csv", "epochs.jsonl")
-_SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.npz$")
+_SNAPSHOT_RE = SNAPSHOT_RE
 _SNAPSHOT_REQUIRED = ("features", "labels", "means")
 
 
@@ -155,17 +166,17 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         raise FileNotFoundError(f"{path}: no such run directory")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: is a file, not a run directory")
-    snapshot_dir = path / "snapshots"
+    snapshot_dir = path / SNAPSHOTS
     if not any((path / f).exists() for f in RUN_FILES) and not snapshot_dir.is_dir():
         raise FileNotFoundError(
             f"{path}: not a run directory (none of {', '.join(RUN_FILES)} or snapshots/ "
             "found); create one with `ncollapse train --out DIR`"
         )
     run = Run(path=path, name=name or path.resolve().name)
-    run.config = _read_config(path / "config.toml", run.problems)
-    run.status = _read_status(path / "status.json", run.problems)
+    run.config = _read_config(path / CONFIG, run.problems)
+    run.status = _read_status(path / STATUS, run.problems)
     run.metrics = _read_metrics(path, run.problems)
-    run.epochs = _read_rows(path / "epochs.jsonl", run.problems, required=False)
+    run.epochs = _read_rows(path / EPOCHS, run.problems, required=False)
     run.snapshots = _find_snapshots(snapshot_dir, run.problems)
     if run.state == "running":
         run.problems.append(f"the run is {run.describe_state()} (figures show it so far)")
@@ -220,8 +231,13 @@ def load_snapshot(path: str | Path) -> dict[str, np.ndarray]:
     return data
 
 
-def read_jsonl_tolerant(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    """JSON lines from ``path``; damaged lines are skipped and reported in ``problems``."""
+def read_jsonl(path: str | Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per line.
+
+    A last line cut short (a crash while writing) is skipped. Other damaged lines are skipped
+    and reported in ``problems`` when a list is given; without one they raise ``ValueError``.
+    """
+    path = Path(path)
     with open(path, encoding="utf-8", errors="replace") as fh:
         lines = fh.read().splitlines()
     rows: list[dict[str, Any]] = []
@@ -239,12 +255,49 @@ def read_jsonl_tolerant(path: Path, problems: list[str]) -> list[dict[str, Any]]
         else:
             bad.append(k + 1)
     if bad == [len(lines)]:
-        problems.append(f"{path.name}: the last line is truncated (the run was interrupted "
-                        "while writing); it was skipped")
+        if problems is not None:
+            problems.append(f"{path.name}: the last line is truncated (the run was interrupted "
+                            "while writing); it was skipped")
     elif bad:
         shown = ", ".join(str(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        if problems is None:
+            raise ValueError(f"{path}: {len(bad)} unreadable line(s) (line {shown}); "
+                             "not JSON objects")
         problems.append(f"{path.name}: {len(bad)} unreadable line(s) skipped (line {shown})")
     return rows
+
+
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """The status.json of the run directory ``path`` as a dict; None if missing or unreadable."""
+    return _read_status(Path(path) / STATUS, [])
+
+
+def run_summary(path: str | Path) -> dict[str, Any]:
+    """The headline numbers of a run directory: state, TPT onset, NC1 at the onset and at the
+    end, the final NC1–NC4 (NC2: equinorm/equiangularity of the means, NC3: self-duality, NC4:
+    NCC mismatch), final train error and test accuracy."""
+    run = load_run(path)
+    status = run.status or {}
+    onset = run.tpt_onset
+    last = run.metrics[-1] if run.metrics else {}
+    train_m = last.get("train") or {}
+    at_onset = run.row_at(onset)
+    return {
+        "run_dir": str(run.path), "state": status.get("state"), "message": status.get("message"),
+        "epoch": status.get("epoch"), "epochs": status.get("epochs"),
+        "tpt_onset_epoch": onset,
+        "nc1_at_onset_epoch": at_onset["epoch"] if at_onset else None,
+        "nc1_at_onset": (at_onset.get("train") or {}).get("nc1") if at_onset else None,
+        "final_epoch": last.get("epoch"),
+        "nc1": train_m.get("nc1"),
+        "nc2_equinorm_means": train_m.get("equinorm_means"),
+        "nc2_equiangular_means": train_m.get("equiangular_means"),
+        "nc2_maxangle_means": train_m.get("maxangle_means"),
+        "nc3_self_duality": train_m.get("self_duality"),
+        "nc4_ncc_mismatch": train_m.get("ncc_mismatch"),
+        "train_error": last.get("train_error"), "test_accuracy": last.get("test_accuracy"),
+        "time": last.get("time"),
+    }
 
 
 # ----------------------------------------------------------------------------- internals
@@ -300,14 +353,14 @@ def _read_rows(path: Path, problems: list[str], *, required: bool) -> list[dict[
         if required:
             problems.append(f"{path.name} is missing")
         return []
-    rows = read_jsonl_tolerant(path, problems)
+    rows = read_jsonl(path, problems)
     rows = [r for r in rows if isinstance(r.get("epoch"), (int, float))]
     rows.sort(key=lambda r: r["epoch"])
     return rows
 
 
 def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    jsonl, csv_path = path / "metrics.jsonl", path / "metrics.csv"
+    jsonl, csv_path = path / METRICS, path / METRICS_CSV
     if jsonl.exists():
         rows = _read_rows(jsonl, problems, required=True)
         if rows:
