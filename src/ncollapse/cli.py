@@ -11,7 +11,7 @@ from ncollapse import __version__
 
 # Each module ncollapse.commands.<name> defines ``register(subparsers)``, which adds its parser
 # and sets ``func=run`` (a callable taking the parsed namespace and returning an exit code).
-COMMANDS = ("measure", "train", "plot", "animate", "report", "demo", "theory")
+COMMANDS = ("measure", "train", "plot", "animate", "report", "demo", "theory", "lm")
 
 
 def build_parser() -> argparse.ArgumentParser:
