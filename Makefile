@@ -5,16 +5,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
-APT_PACKAGES ?= dataset-fashion-mnist chromium fonts-dejavu-core ffmpeg
+APT_PACKAGES ?= dataset-fashion-mnist chromium fonts-dejavu-core ffmpeg bible-kjv bible-kjv-text
 OUT ?= ncollapse-demo
-# The tests use the real integration packages (on CPU), so setup installs every extra.
-EXTRAS ?= dev,lightning,transformers,tensorboard
+# The tests use the real integration packages (on CPU) and the lm tokenizer, so setup installs
+# every extra.
+EXTRAS ?= dev,lightning,transformers,tensorboard,lm
 
 .PHONY: setup system-packages demo test lint bench clean
 
 setup: $(VENV)/.setup-stamp
 
-# Debian packages: the Fashion-MNIST IDX files, Chromium for the report's browser test,
+# Debian packages: the Fashion-MNIST IDX files, Chromium for the report's browser test, the
+# King James Bible (the corpus of `ncollapse lm`),
 # ffmpeg for MP4 animations. Skipped (with a note) where apt-get is missing or we are not root.
 system-packages:
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
