@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="lr-sweep grid instead of the paper's 25 values")
     p.add_argument("--select", choices=LR_SELECT, default="train_loss",
                    help="lr-sweep criterion (default: final train loss)")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write the run's metrics (a scalar per metric and split) and its "
+                        "overview figure to the TensorBoard log directory DIR (needs "
+                        "pip install 'ncollapse[tensorboard]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads for this command (default: torch's choice; 1 is "
@@ -129,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         return 0 if best else 1
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    tensorboard = None
+    if args.tensorboard is not None and main:  # before training: a missing package fails now
+        from ncollapse.integrations.tensorboard import TensorBoardLogger  # optional package
+
+        tensorboard = TensorBoardLogger(args.tensorboard)
     if main:
         print(f"run dir: {out}")
     try:
@@ -138,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not main:
         return 0
+    if tensorboard is not None:
+        with tensorboard as tb:
+            tb.log_run(out)
+        print(f"tensorboard: {args.tensorboard}")
     s = run_summary(out)
     print(f"state: {s['state']}  epochs: {s['epoch']}  time: {_fmt(s['time'])} s")
     print(f"TPT onset (first zero-train-error epoch): {s['tpt_onset_epoch']}")

@@ -11,7 +11,9 @@ Needs ``pip install 'ncollapse[tensorboard]'``. Usage in a plain loop::
             tb.log_measurement(epoch, train=measure(...), test=measure(...))
         tb.log_overview("runs/mine")   # a run directory (ncollapse train, RunWriter)
 
-``ncollapse train --tensorboard DIR`` does the same for its own runs.
+``TensorBoardLogger(dir).log_run(run_dir)`` puts a whole run directory (``ncollapse train``'s,
+or one written by ``RunWriter`` or the callbacks) into TensorBoard; ``ncollapse train
+--tensorboard DIR`` does that for the run it trains.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from ncollapse.rundir import load_run
 __all__ = ["TensorBoardLogger", "add_overview"]
 
 _OVERVIEW_TAG = "nc/overview"
+_ROW_SCALARS = ("train_loss", "train_error", "test_loss", "test_accuracy")
+_EPOCH_SCALARS = ("train_loss", "train_error", "lr")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summary_writer_class() -> Any:
@@ -66,6 +74,25 @@ class TensorBoardLogger:
         for tag, value in values.items():
             if value is not None:
                 self.writer.add_scalar(tag, float(value), global_step=int(epoch))
+
+    def log_run(self, run_dir: str | Path) -> int:
+        """Everything a run directory holds: per measurement the ``nc/train/*`` and
+        ``nc/test/*`` scalars, per epoch ``train_loss``, ``train_error`` and ``lr`` (as
+        ``epoch/<name>``), then the overview figure. Returns the number of measurements."""
+        run = load_run(run_dir)
+        for row in run.metrics:
+            epoch = int(row["epoch"])
+            self.log_measurement(epoch, train=row.get("train"), test=row.get("test"))
+            self.log_scalars(epoch, {f"measurement/{k}": row.get(k)
+                                     for k in _ROW_SCALARS if _is_number(row.get(k))})
+        for row in run.epochs:
+            self.log_scalars(int(row["epoch"]), {f"epoch/{k}": row.get(k)
+                                                 for k in _EPOCH_SCALARS
+                                                 if _is_number(row.get(k))})
+        if run.metrics:
+            self.log_overview(run_dir, step=int(run.metrics[-1]["epoch"]))
+        self.writer.flush()
+        return len(run.metrics)
 
     def log_overview(self, run_dir: str | Path, step: int | None = None) -> None:
         """The run directory's overview figure (``ncollapse plot``'s) as an image."""
