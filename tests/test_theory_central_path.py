@@ -157,10 +157,13 @@ from ncollapse.theory.central_path import (  # noqa: E402
     central_path_loss,
     initial_features,
     ode_snr_trajectory,
-    plot_mse_decomposition,
-    read_mse_decomposition,
     renormalized_flow,
     snr_singular_values,
+)
+from ncollapse.theory.figures import (  # noqa: E402
+    mse_decomposition_figure,
+    read_mse_decomposition,
+    run_label,
 )
 
 
@@ -261,26 +264,30 @@ def test_renormalized_flow_follows_exact_dynamics_and_equalizes() -> None:
 
 
 def _fake_run(tmp_path, with_decomposition: bool = True):
-    """A run directory whose metrics.jsonl rows come from a real least-squares descent."""
-    import json
+    """A run directory, written by the public RunWriter, whose measurements come from a real
+    least-squares descent."""
+    from ncollapse.rundir import RunWriter
 
     rng = np.random.default_rng(0)
     c, d = 3, 4
     h, y = _features(rng, c=c, n=10, d=d)
     w, b = np.zeros((c, d)), np.zeros(c)
     rows = []
-    for epoch in range(1, 31):
-        r = h @ w.T + b - np.eye(c)[y]
-        w -= 0.02 * (r.T @ h / len(y) + 1e-3 * w)
-        b -= 0.02 * (r.mean(axis=0) + 1e-3 * b)
-        row = {"epoch": epoch, "train_loss": 0.0, "train": {"nc1": None}}
-        if with_decomposition:
-            dec = mse_decomposition(h, y, w, b, 1e-3)
-            row["mse_decomposition"] = {k: dec[k] for k in ("loss", "nc1", "nc2_3", "ls_perp")}
-        rows.append(row)
     run = tmp_path / ("mse" if with_decomposition else "ce")
-    run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"dataset": "toy", "model": "linear", "optimizer": "gd", "lr": 0.02,
+              "weight_decay": 1e-3}
+    with RunWriter(run, config, epochs=30) as writer:
+        for epoch in range(1, 31):
+            r = h @ w.T + b - np.eye(c)[y]
+            w -= 0.02 * (r.T @ h / len(y) + 1e-3 * w)
+            b -= 0.02 * (r.mean(axis=0) + 1e-3 * b)
+            row = {}
+            if with_decomposition:
+                dec = mse_decomposition(h, y, w, b, 1e-3)
+                row["mse_decomposition"] = {k: dec[k] for k in ("loss", "nc1", "nc2_3",
+                                                                "ls_perp")}
+            writer.log_measurement(epoch, train_loss=0.0, **row)
+            rows.append(row)
     return run, rows
 
 
@@ -292,8 +299,11 @@ def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
     np.testing.assert_array_equal(data["epoch"], np.arange(1, 31))
     np.testing.assert_array_equal(data["ls_perp"],
                                   [r["mse_decomposition"]["ls_perp"] for r in rows])
-    out = plot_mse_decomposition(run, tmp_path / "fig.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = mse_decomposition_figure(data, run_label(run))
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.lines[3].get_ydata(), data["ls_perp"])
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert run_label(run) == "toy, linear, gd lr 0.02, weight decay 0.001"
     # a row whose decomposition failed (imbalanced classes) is skipped
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"epoch": 31, "mse_decomposition": {"error": "imbalanced"}}) + "\n")
@@ -306,28 +316,25 @@ def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
 
 
 def test_cli_central_path(tmp_path) -> None:
-    import argparse
     import json
 
-    from ncollapse.commands import theory as theory_cmd
-    from ncollapse.theory import central_path
+    from ncollapse.cli import main
 
     run, _ = _fake_run(tmp_path)
-    p = argparse.ArgumentParser()
-    central_path.configure_parser(p)
-    args = p.parse_args(["--steps", "600", "--per-class", "6", "--out", str(tmp_path / "o"),
-                         "--json", str(tmp_path / "r.json"), "--run", str(run)])
-    args.model, args.theory_module = "central-path", "ncollapse.theory.central_path"
-    assert theory_cmd.run(args) == 0
+    assert main(["theory", "central-path", "--steps", "600", "--per-class", "6",
+                 "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json"),
+                 "--run", str(run)]) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert abs(res["objective"] - res["closed_form_objective"]) < TOL
     assert res["recurrence_max_rel_error"] < 1e-9
     assert res["invariance_error"] < TOL
     assert res["metrics"]["num_classes"] == 4
     assert {"nc1", "self_duality"} <= set(res["metrics"])
+    assert sorted(res["figures"]) == [str(tmp_path / "o" / "theory-central-path-flow.png"),
+                                      str(tmp_path / "o" / "theory-central-path-mse-run.png")]
     for fig in res["figures"]:
-        assert (tmp_path / "o" / fig.split("/")[-1]).is_file()
-    assert len(res["figures"]) == 2
+        assert open(fig, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert res["run_decomposition_last"]["epoch"] == 30
 
 
 def test_decomposition_of_a_real_tiny_mse_run(tmp_path) -> None:
@@ -347,4 +354,4 @@ def test_decomposition_of_a_real_tiny_mse_run(tmp_path) -> None:
     np.testing.assert_allclose(data["nc1"] + data["nc2_3"] + data["ls_perp"], data["loss"],
                                rtol=1e-12)
     assert np.all(data["ls_perp"] >= 0) and np.all(data["nc1"] > 0)
-    assert plot_mse_decomposition(run, tmp_path / "d.png").stat().st_size > 1000
+    assert len(mse_decomposition_figure(data, run_label(run)).axes[0].lines) == 4

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
 from ncollapse import measure
+from ncollapse.cli import main
 from ncollapse.theory.implicit_bias import (
     _ce_grad_logits,
     collapsed_data,
@@ -166,17 +166,11 @@ def test_errors() -> None:
 
 
 def test_cli_implicit_bias(tmp_path) -> None:
-    from ncollapse.commands import theory as theory_cmd
-    from ncollapse.theory import implicit_bias
-
-    p = argparse.ArgumentParser()
-    implicit_bias.configure_parser(p)
-    args = p.parse_args(["--steps", "3000", "--noise", "0", "--out", str(tmp_path),
-                         "--json", str(tmp_path / "r.json")])
-    args.model, args.theory_module = "implicit-bias", "ncollapse.theory.implicit_bias"
-    assert theory_cmd.run(args) == 0
+    argv = ["--steps", "3000", "--noise", "0", "--out", str(tmp_path),
+            "--json", str(tmp_path / "r.json")]
+    assert main(["theory", "implicit-bias", *argv]) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert abs(res["objective"] - res["closed_form_objective"]) < 1e-8
     assert res["metrics"]["self_duality"] < 1e-12
     assert res["binary"]["norm_slope"] > 0
-    assert (tmp_path / "implicit-bias.png").is_file()
+    assert (tmp_path / "theory-implicit-bias.png").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,6 +11,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
 from ncollapse import measure
+from ncollapse.cli import main
 from ncollapse.theory.implicit_bias import collapsed_data
 from ncollapse.theory.last_layer import (
     channel_error_exact,
@@ -127,19 +127,13 @@ def test_errors() -> None:
 
 
 def test_cli_last_layer(tmp_path) -> None:
-    from ncollapse.commands import theory as theory_cmd
-    from ncollapse.theory import last_layer
-
-    p = argparse.ArgumentParser()
-    last_layer.configure_parser(p)
-    args = p.parse_args(["--noise", "0", "--classes", "4", "--per-class", "5", "--dim", "4",
-                         "--gd-steps", "100", "--mc-samples", "500", "--sweep-points", "3",
-                         "--channel-points", "3", "--out", str(tmp_path),
-                         "--json", str(tmp_path / "r.json")])
-    args.model, args.theory_module = "last-layer", "ncollapse.theory.last_layer"
-    assert theory_cmd.run(args) == 0
+    argv = ["--noise", "0", "--classes", "4", "--per-class", "5", "--dim", "4",
+            "--gd-steps", "100", "--mc-samples", "500", "--sweep-points", "3",
+            "--channel-points", "3", "--out", str(tmp_path),
+            "--json", str(tmp_path / "r.json")]
+    assert main(["theory", "last-layer", *argv]) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert abs(res["objective"] - res["closed_form_objective"]) < 1e-12
     assert res["metrics"]["self_duality"] < 1e-14
     assert res["metrics"]["ncc_mismatch"] == 0
-    assert (tmp_path / "last-layer.png").is_file()
+    assert (tmp_path / "theory-last-layer.png").is_file()

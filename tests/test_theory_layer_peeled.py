@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -11,7 +10,7 @@ import pytest
 from scipy.special import logsumexp
 
 import ncollapse
-from ncollapse.commands.theory import run as run_theory
+from ncollapse.cli import main
 from ncollapse.geometry import canonical_etf, random_orthonormal
 from ncollapse.theory import layer_peeled as lp
 
@@ -108,33 +107,33 @@ def test_problem_validation():
         p.labels()
 
 
-def _args(tmp_path, *argv):
-    p = argparse.ArgumentParser()
-    lp.configure_parser(p)
-    p.set_defaults(model="layer-peeled", theory_module="ncollapse.theory.layer_peeled")
-    return p.parse_args([*argv, "--out", str(tmp_path), "--json", str(tmp_path / "r.json")])
+def _cli(tmp_path, *argv):
+    """Run ``ncollapse theory layer-peeled ARGV`` through the CLI; the JSON (None on error)."""
+    path = tmp_path / "r.json"
+    path.unlink(missing_ok=True)
+    code = main(["theory", "layer-peeled", *argv, "--out", str(tmp_path), "--json", str(path)])
+    return json.loads(path.read_text()) if code == 0 else None
 
 
 def test_cli_balanced_json_and_figure(tmp_path):
-    args = _args(tmp_path, "--classes", "4", "--per-class", "2", "--dim", "8",
-                 "--sweep-points", "4", "--max-ratio", "100", "--sweep-energies", "2,2",
-                 "--restarts", "1")
-    assert run_theory(args) == 0
-    out = json.loads((tmp_path / "r.json").read_text())
+    out = _cli(tmp_path, "--classes", "4", "--per-class", "2", "--dim", "8",
+               "--sweep-points", "4", "--max-ratio", "100", "--sweep-energies", "2,2",
+               "--restarts", "1", "--threshold-rtol", "0")
     assert abs(out["objective"] - out["closed_form_objective"]) < 1e-9
     assert abs(out["sdp_objective"] - out["closed_form_objective"]) < 1e-6
     assert out["metrics"]["etf_error_weights"] < 1e-6
-    assert len(out["sweep"]["2,2"]) == 4
+    assert len(out["sweep"]["2,2"]) == 4 and out["thresholds"] == {}
     png = tmp_path / "theory-layer-peeled.png"
     assert png.exists() and png.stat().st_size < 200_000
 
 
-def test_cli_imbalanced_and_flags(tmp_path):
-    args = _args(tmp_path, "--classes", "4", "--per-class", "1", "--dim", "8", "--ratio", "50",
-                 "--energy-w", "2", "--energy-h", "2", "--no-figures", "--restarts", "1")
-    out = lp.run_cli(args)
+def test_cli_imbalanced_and_flags(tmp_path, capsys):
+    out = _cli(tmp_path, "--classes", "4", "--per-class", "1", "--dim", "8", "--ratio", "50",
+               "--energy-w", "2", "--energy-h", "2", "--no-figures", "--restarts", "1",
+               "--sweep-points", "0")
     assert out["closed_form_objective"] is None
     assert abs(out["objective"] - out["sdp_objective"]) < 1e-6
     assert out["minority_cosine"] > 0.99
-    with pytest.raises(ValueError, match="norm budgets"):
-        lp.run_cli(_args(tmp_path, "--lambda-w", "0.1", "--no-figures"))
+    capsys.readouterr()
+    assert _cli(tmp_path, "--lambda-w", "0.1", "--no-figures") is None
+    assert "norm budgets" in capsys.readouterr().err

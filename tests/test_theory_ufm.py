@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,7 +11,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
 import ncollapse
-from ncollapse.commands.theory import run as run_theory
+from ncollapse.cli import main
 from ncollapse.theory import ufm
 
 
@@ -266,37 +265,37 @@ def test_gradient_descent_trajectory_contract():
 # --------------------------------------------------------------------------- CLI
 
 
-def _args(tmp_path, *argv):
-    p = argparse.ArgumentParser()
-    ufm.configure_parser(p)
-    p.set_defaults(model="ufm", theory_module="ncollapse.theory.ufm")
-    return p.parse_args([*argv, "--out", str(tmp_path), "--json", str(tmp_path / "r.json")])
+def _cli(tmp_path, *argv):
+    """Run ``ncollapse theory ufm ARGV`` through the CLI; the JSON result (None on error)."""
+    path = tmp_path / "r.json"
+    path.unlink(missing_ok=True)
+    code = main(["theory", "ufm", *argv, "--out", str(tmp_path), "--json", str(path)])
+    return json.loads(path.read_text()) if code == 0 else None
 
 
 def test_cli_json_and_figure(tmp_path, capsys):
-    args = _args(tmp_path, "--classes", "4", "--per-class", "5", "--dim", "5",
-                 "--lambda-w", "1e-2", "--lambda-h", "1e-2", "--sweep-points", "4")
-    assert run_theory(args) == 0
-    out = json.loads((tmp_path / "r.json").read_text())
+    out = _cli(tmp_path, "--classes", "4", "--per-class", "5", "--dim", "5",
+               "--lambda-w", "1e-2", "--lambda-h", "1e-2", "--sweep-points", "4")
     assert abs(out["objective"] - out["closed_form_objective"]) < 1e-9
     assert out["metrics"]["nc1"] < 1e-10 and out["gradient_norm"] < 1e-8
     assert len(out["sweep"]) == 4
     png = tmp_path / "theory-ufm-ce-bias.png"
     assert png.exists() and png.stat().st_size < 200_000
+    assert out["figures"] == [str(png)]
     assert "closed form" in capsys.readouterr().out
 
 
-def test_cli_mse_variants(tmp_path):
-    args = _args(tmp_path, "--loss", "mse", "--classes", "3", "--per-class", "3", "--dim", "4",
-                 "--no-figures")
-    result = ufm.run_cli(args)
+def test_cli_mse_variants(tmp_path, capsys):
+    result = _cli(tmp_path, "--loss", "mse", "--classes", "3", "--per-class", "3", "--dim", "4",
+                  "--no-figures")
     assert result["bias"] is False and abs(result["objective"]
                                            - result["closed_form_objective"]) < 1e-9
-    args = _args(tmp_path, "--loss", "mse", "--bias", "--classes", "3", "--per-class", "3",
-                 "--dim", "2", "--no-figures")
-    result = ufm.run_cli(args)
+    assert result["figures"] == [] and not list(tmp_path.glob("*.png"))
+    result = _cli(tmp_path, "--loss", "mse", "--bias", "--classes", "3", "--per-class", "3",
+                  "--dim", "2", "--no-figures")
     assert result["lambda_w"] == 0 and result["closed_form_objective"] == 0.0
     assert result["objective"] < 1e-12
-    args = _args(tmp_path, "--loss", "mse", "--no-bias", "--lambda-b", "0.1", "--no-figures")
-    with pytest.raises(ValueError, match="--lambda-b has no effect"):
-        ufm.run_cli(args)
+    capsys.readouterr()
+    assert _cli(tmp_path, "--loss", "mse", "--no-bias", "--lambda-b", "0.1",
+                "--no-figures") is None
+    assert "--lambda-b has no effect" in capsys.readouterr().err

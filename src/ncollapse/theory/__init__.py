@@ -1,10 +1,14 @@
 """Theory lab: the last layers in isolation, each result checked against its closed form.
 
-Submodules: :mod:`~ncollapse.theory.ufm` (unconstrained features, CE and MSE),
+Maths only: solvers and closed forms, float64 numpy. Submodules:
+:mod:`~ncollapse.theory.ufm` (unconstrained features, CE and MSE: model, closed forms, solvers),
 :mod:`~ncollapse.theory.layer_peeled` (norm-constrained layer-peeled model, minority collapse),
 :mod:`~ncollapse.theory.central_path` (MSE decomposition and central path),
 :mod:`~ncollapse.theory.implicit_bias` (gradient descent vs hard-margin SVM),
-:mod:`~ncollapse.theory.last_layer` (training the classifier on collapsed features).
+:mod:`~ncollapse.theory.last_layer` (training the classifier on collapsed features),
+:mod:`~ncollapse.theory._solve` (shared L-BFGS and cross-entropy).
+All figures are drawn by :mod:`~ncollapse.theory.figures` (matplotlib ``Figure`` objects); the
+command line (``ncollapse theory``) lives in :mod:`ncollapse.commands.theory`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -24,24 +23,32 @@ __all__ = ["MinimizeResult", "cross_entropy", "minimize_lbfgs"]
 FunGrad = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def cross_entropy(logits: np.ndarray, labels: np.ndarray,
+                  weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Mean cross-entropy (1/N)·Σ_i [logsumexp(z_i) − z_{i,y_i}] and its gradient (w.r.t. logits).
 
     ``logits`` is (N, C) float, ``labels`` (N,) ints in [0, C); the gradient is
-    (softmax − onehot)/N.
+    (softmax − onehot)/N. With ``weights`` (N,) the mean is replaced by the weighted sum
+    Σ_i π_i·CE_i (gradient rows scaled by π_i).
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
     if z.ndim != 2 or y.shape != (z.shape[0],):
         raise ValueError(f"logits must be (N, C) and labels (N,), got {z.shape} and {y.shape}")
     n = z.shape[0]
+    pi = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if pi is not None and pi.shape != (n,):
+        raise ValueError(f"weights must be ({n},) to match the logits, got {pi.shape}")
     lse = logsumexp(z, axis=1)
     rows = np.arange(n)
-    loss = float(np.mean(lse - z[rows, y]))
+    per_row = lse - z[rows, y]
     grad = np.exp(z - lse[:, None])
     grad[rows, y] -= 1.0
-    grad /= n
-    return loss, grad
+    if pi is None:
+        grad /= n
+        return float(np.mean(per_row)), grad
+    grad *= pi[:, None]
+    return float(pi @ per_row), grad
 
 
 @dataclass
@@ -126,20 +133,3 @@ def minimize_lbfgs(fun_grad: FunGrad, x0: np.ndarray, *, gtol: float = 1e-10,
     return MinimizeResult(x=x, fun=f, grad_norm=gnorm, iterations=iterations,
                           converged=gnorm < gtol, message=message,
                           time_s=time.perf_counter() - start, history=history)
-
-
-def as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
-    """``x`` (numpy array, torch tensor on any device, nested list) as finite float64 numpy."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
-        x = x.detach().cpu().double().numpy()
-    try:
-        arr = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a numeric array or tensor, got {type(x).__name__}"
-        ) from exc
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} NaN/Inf entries")
-    return arr

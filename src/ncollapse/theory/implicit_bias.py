@@ -16,16 +16,17 @@ active set (an exact KKT solve) to machine precision.
 
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.special import expit
+from tqdm import tqdm
 
-from ncollapse.theory._solve import as_float64 as _as_float64
+from ncollapse import validation as V
+from ncollapse.geometry import simplex_etf
+from ncollapse.metrics import measure
 
 __all__ = [
     "GDTrajectory",
@@ -37,30 +38,19 @@ __all__ = [
     "gd_cross_entropy",
     "gd_logistic",
     "hard_margin_svm",
-    "plot_implicit_bias",
+    "noise_regimes",
     "separable_binary_data",
 ]
-
-HELP = ("implicit bias: gradient descent on logistic / cross-entropy loss vs the hard-margin SVM "
-        "(binary and Crammer-Singer)")
-
 
 # ---------------------------------------------------------------------------- inputs
 
 
-def _as_int_labels(labels: Any, n: int) -> np.ndarray:
-    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
+def _binary_signs(labels: Any, n: int) -> np.ndarray:
+    y = V.as_float64(labels, "labels", 1)
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) to match the data, got {y.shape}")
     if not np.all(np.equal(np.mod(y, 1), 0)):
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-    return y.astype(np.int64)
-
-
-def _binary_signs(labels: Any, n: int) -> np.ndarray:
-    y = _as_int_labels(labels, n)
+        raise TypeError("labels must be integers")
     values = set(np.unique(y).tolist())
     if values <= {-1, 1}:
         return y.astype(np.float64)
@@ -98,7 +88,7 @@ class SVMResult:
 def _svm_qp(a: np.ndarray, b: np.ndarray | None, solver: str | None
             ) -> tuple[np.ndarray, float | None, np.ndarray, float, str]:
     """min ½‖v‖² s.t. A v + b·B ≥ 1 (B a column, b free) by cvxpy; returns v, b, α, value."""
-    import cvxpy as cp
+    import cvxpy as cp  # heavy (about a second to import): loaded only when an SVM is solved
 
     v = cp.Variable(a.shape[1])
     expr = a @ v
@@ -141,8 +131,6 @@ def _polish(a: np.ndarray, b: np.ndarray | None, v: np.ndarray, bias: float | No
     found by non-negative least squares (robust to degenerate active sets), then refined by
     an exact solve on its support. Returns None (keep the QP answer) if no guess checks out.
     """
-    from scipy.optimize import nnls
-
     margins = a @ v + (0.0 if b is None else bias * b)
     for tol in (1e-6, 1e-7, 1e-8, 1e-5, 1e-4):
         active = np.flatnonzero(margins < 1.0 + tol)
@@ -220,7 +208,7 @@ def hard_margin_svm(x: Any, labels: Any, *, intercept: bool = False, solver: str
     ``labels`` in {−1, +1} or {0, 1}. The intercept, when fitted, is not penalised (as in
     sklearn's SVC). Raises ValueError when the data are not separable.
     """
-    xs = _as_float64(x, "x", 2)
+    xs = V.as_float64(x, "x", 2)
     y = _binary_signs(labels, xs.shape[0])
     a = y[:, None] * xs
     v, bias, alpha, margins, obj, qp, name, pol = _solve_svm(a, y if intercept else None,
@@ -245,11 +233,10 @@ def crammer_singer_svm(x: Any, labels: Any, num_classes: int | None = None, *,
 
     ``weight`` is (K, d); ``dual`` and ``margins`` are (N, K) with NaN at k = y_n.
     """
-    xs = _as_float64(x, "x", 2)
-    y = _as_int_labels(labels, xs.shape[0])
-    k = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    if k < 2 or y.min() < 0 or y.max() >= k:
-        raise ValueError(f"labels must lie in [0, K) with K = {k} >= 2")
+    xs = V.as_float64(x, "x", 2)
+    y, k = V.as_int_labels(labels, xs.shape[0], num_classes)
+    if k < 2:
+        raise ValueError(f"the multiclass SVM needs K >= 2 classes, got {k}")
     a, pairs = _cs_constraints(xs, y, k)
     v, _, alpha, margins, obj, qp, name, pol = _solve_svm(a, None, solver, polish)
     dual = np.full((xs.shape[0], k), np.nan)
@@ -285,7 +272,7 @@ def gd_logistic(x: Any, labels: Any, *, steps: int = 100_000, lr_scale: float = 
     β = λ_max(XᵀX)/(4N) bounds the Hessian, so lr_scale < 2 is the stable range of [Sou18].
     Iterates are recorded at ``num_records`` log-spaced steps.
     """
-    xs = _as_float64(x, "x", 2)
+    xs = V.as_float64(x, "x", 2)
     y = _binary_signs(labels, xs.shape[0])
     if not 0 < lr_scale < 2:
         raise ValueError(f"lr_scale must be in (0, 2) for gradient descent to be stable, "
@@ -343,9 +330,8 @@ def gd_cross_entropy(x: Any, labels: Any, num_classes: int | None = None, *,
 
     Step η = lr_scale/β with β = λ_max(XᵀX)/(2N) (the softmax Hessian is ≤ ½·I).
     """
-    xs = _as_float64(x, "x", 2)
-    y = _as_int_labels(labels, xs.shape[0])
-    k = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    xs = V.as_float64(x, "x", 2)
+    y, k = V.as_int_labels(labels, xs.shape[0], num_classes)
     if not 0 < lr_scale < 2:
         raise ValueError(f"lr_scale must be in (0, 2) for gradient descent to be stable, "
                          f"got {lr_scale}")
@@ -385,8 +371,6 @@ def gd_cross_entropy(x: Any, labels: Any, num_classes: int | None = None, *,
 def _progress(steps: int, on: bool, desc: str) -> Any:
     if not on:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=steps, desc=desc, unit="step", unit_scale=True)
 
 
@@ -454,165 +438,39 @@ def collapsed_data(num_classes: int, per_class: int, dim: int, *, noise: float =
                    scale: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Collapsed features plus noise: h = μ_y + noise·z with μ a random simplex ETF of norm
     ``scale``. Returns features (N, d), labels (N,), means (K, d)."""
-    from ncollapse.geometry import simplex_etf
-
     rng = np.random.default_rng(seed)
     means = simplex_etf(num_classes, dim, scale=scale, seed=rng)
     y = np.repeat(np.arange(num_classes), per_class)
     return means[y] + noise * rng.normal(size=(y.size, dim)), y, means
 
 
-# ---------------------------------------------------------------------------- figure
+# ---------------------------------------------------------------------------- regimes
 
 
-def plot_implicit_bias(curves: list[dict[str, Any]], out_path: str | Path) -> Path:
-    """Three panels vs log t: direction gap, gap·ln t, ‖w(t)‖ with the predicted ‖ŵ‖·ln t slope.
+def noise_regimes(num_classes: int, per_class: int, dim: int,
+                  noises: list[float] | tuple[float, ...], *, steps: int = 100_000,
+                  lr_scale: float = 1.0, num_records: int = 60, seed: int = 0
+                  ) -> list[dict[str, Any]]:
+    """Self-duality of the GD classifier along t, and of its SVM limit, for each noise σ.
 
-    Each curve: ``label``, ``steps``, ``weights``, ``svm_weight``.
+    For each σ: features :func:`collapsed_data` (σ), GD on CE from W = 0
+    (:func:`gd_cross_entropy`) and the Crammer–Singer SVM it converges to in direction. Returns
+    one dict per σ: ``noise``, ``steps`` (recorded t), ``self_duality`` (NC3 of W(t) against
+    the class means, NaN at W = 0), ``svm_self_duality``, ``gap_last`` (direction gap at the
+    last t). The first GD step from 0 is exactly along the centred class means (self-duality
+    0); the limit is the SVM's, which is O(σ²): self-dual only as σ → 0.
     """
+    out = []
+    for sigma in noises:
+        x, y, _ = collapsed_data(num_classes, per_class, dim, noise=float(sigma), seed=seed)
+        svm = crammer_singer_svm(x, y, num_classes)
+        traj = gd_cross_entropy(x, y, num_classes, steps=steps, lr_scale=lr_scale,
+                                num_records=num_records)
+        sd = [measure(x, y, weight=w, num_classes=num_classes).self_duality if np.any(w)
+              else float("nan") for w in traj.weights]
+        out.append({"noise": float(sigma), "steps": traj.steps, "self_duality": np.array(sd),
+                    "svm_self_duality": float(measure(x, y, weight=svm.weight,
+                                                      num_classes=num_classes).self_duality),
+                    "gap_last": float(direction_gap(traj.weights[-1:], svm.weight)[0])})
+    return out
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ncollapse.io import atomic_savefig
-
-    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0), dpi=100)
-    for i, cur in enumerate(curves):
-        t = np.asarray(cur["steps"], dtype=np.float64)
-        keep = t >= 1
-        t = t[keep]
-        w = np.asarray(cur["weights"])[keep]
-        gap = direction_gap(w, cur["svm_weight"])
-        norm = np.linalg.norm(w.reshape(len(w), -1), axis=1)
-        color = f"C{i}"
-        axes[0].plot(t, gap, "-", color=color, lw=1.6, label=cur["label"])
-        axes[1].plot(t, gap * np.log(np.maximum(t, 2)), "-", color=color, lw=1.6,
-                     label=cur["label"])
-        axes[2].plot(t, norm, "-", color=color, lw=1.6, label=f"{cur['label']}: ‖w(t)‖")
-        slope = float(np.linalg.norm(cur["svm_weight"]))
-        anchor = norm[-1] - slope * np.log(t[-1])
-        tt = t[t >= t[-1] / 1e3]
-        axes[2].plot(tt, anchor + slope * np.log(tt), "--", color="k", lw=1,
-                     label="slope ‖ŵ_SVM‖ in ln t" if i == 0 else None)
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("‖w/‖w‖ − ŵ/‖ŵ‖‖")
-    axes[0].set_title("direction gap to the hard-margin SVM", fontsize=10)
-    axes[1].set_xscale("log")
-    axes[1].set_ylabel("gap · ln t")
-    axes[1].set_title("gap · ln t (bounded ⇔ gap ~ 1/ln t)", fontsize=10)
-    axes[2].set_xscale("log")
-    axes[2].set_ylabel("‖w(t)‖")
-    axes[2].set_title("‖w(t)‖ grows like ‖ŵ‖·ln t", fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("gradient-descent step t")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Implicit bias of gradient descent on separable data [Soudry et al. 2018]",
-                 fontsize=11)
-    fig.tight_layout()
-    out_path = atomic_savefig(fig, out_path, format="png")
-    plt.close(fig)
-    return out_path
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Flags of ``ncollapse theory implicit-bias``."""
-    from ncollapse.commands.theory import add_common_arguments
-
-    add_common_arguments(p, classes=4, per_class=10, dim=6, lambda_w=0.0, lambda_h=0.0,
-                         lambda_b=0.0)
-    g = p.add_argument_group("implicit bias")
-    g.add_argument("--steps", type=int, default=100_000, help="gradient-descent steps")
-    g.add_argument("--lr-scale", type=float, default=1.0,
-                   help="step size η as a multiple of 1/β (β: smoothness); must be in (0, 2)")
-    g.add_argument("--noise", type=float, default=0.3,
-                   help="noise σ around the collapsed class means (multiclass problem)")
-    g.add_argument("--binary-samples", type=int, default=40, help="points in the binary problem")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """``ncollapse theory implicit-bias``: binary logistic + multiclass CE on collapsed data."""
-    from ncollapse import measure
-
-    k, n, d = args.classes, args.per_class, args.dim
-    timings: dict[str, float] = {}
-
-    start = time.perf_counter()
-    xb, yb = separable_binary_data(args.binary_samples, d, seed=args.seed)
-    svm_b = hard_margin_svm(xb, yb)
-    timings["svm_binary_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    xm, ym, means = collapsed_data(k, n, d, noise=args.noise, seed=args.seed)
-    svm_m = crammer_singer_svm(xm, ym, k)  # before the long GD runs: fails fast if inseparable
-    timings["svm_multiclass_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    traj_b = gd_logistic(xb, yb, steps=args.steps, lr_scale=args.lr_scale, progress=True)
-    timings["gd_binary_s"] = time.perf_counter() - start
-    fit_b = fit_log_slopes(traj_b.steps, traj_b.weights, svm_b.weight)
-
-    start = time.perf_counter()
-    traj_m = gd_cross_entropy(xm, ym, k, steps=args.steps, lr_scale=args.lr_scale,
-                              progress=True)
-    timings["gd_multiclass_s"] = time.perf_counter() - start
-    fit_m = fit_log_slopes(traj_m.steps, traj_m.weights, svm_m.weight)
-
-    metrics = measure(xm, ym, weight=svm_m.weight, num_classes=k)
-    gd_metrics = measure(xm, ym, weight=traj_m.weights[-1], num_classes=k)
-    sweep = []
-    for sigma in (0.3, 0.1, 0.03, 0.01, 0.0):
-        xs_, ys_, _ = collapsed_data(k, n, d, noise=sigma, seed=args.seed)
-        w_ = crammer_singer_svm(xs_, ys_, k).weight
-        sweep.append((sigma, float(measure(xs_, ys_, weight=w_, num_classes=k).self_duality)))
-    closed = None
-    if args.noise == 0:
-        # exactly collapsed on an ETF of norm 1: ŵ_k = (K−1)/K·μ_k, ½Σ‖ŵ_k‖² = (K−1)²/(2K)
-        closed = (k - 1) ** 2 / (2.0 * k)
-
-    def line(name: str, fit: dict[str, float], svm: SVMResult) -> str:
-        return (f"{name}: ‖w‖ slope in ln t {fit['norm_slope']:.4f} (theory ‖ŵ‖ = "
-                f"{fit['norm_slope_expected']:.4f}); gap at t={args.steps:g}: "
-                f"{fit['gap_last']:.4f}; "
-                f"gap·ln t = {fit['gap_log_t_last']:.4f}, its slope in ln t "
-                f"{fit['gap_log_slope']:+.4f}; SVM ½‖ŵ‖² = {svm.objective:.6f} "
-                f"({svm.solver}{', polished' if svm.polished else ''})")
-
-    summary = [
-        f"implicit bias: {args.steps:g} GD steps, η = {args.lr_scale:g}/β",
-        line(f"binary logistic (N={len(yb)}, d={d})", fit_b, svm_b),
-        line(f"multiclass CE on collapsed features (K={k}, n={n}, σ={args.noise:g})", fit_m,
-             svm_m),
-        f"SVM classifier vs class means: self_duality = {metrics.self_duality:.3e}; "
-        f"GD classifier at the end: self_duality = {gd_metrics.self_duality:.3e}",
-        "SVM self_duality vs noise σ: " + ", ".join(f"σ={a:g}: {b:.2e}" for a, b in sweep),
-        "times: " + ", ".join(f"{key} {v:.2f}" for key, v in timings.items()),
-    ]
-    figures: list[str] = []
-    if not args.no_figures:
-        curves = [
-            {"label": "binary, logistic", "steps": traj_b.steps, "weights": traj_b.weights,
-             "svm_weight": svm_b.weight},
-            {"label": f"{k} classes, CE, collapsed+noise", "steps": traj_m.steps,
-             "weights": traj_m.weights, "svm_weight": svm_m.weight},
-        ]
-        figures.append(str(plot_implicit_bias(curves, args.out / "implicit-bias.png")))
-    return {
-        "objective": svm_m.objective,
-        "closed_form_objective": closed,
-        "metrics": metrics.to_dict(),
-        "gd_metrics": gd_metrics.to_dict(),
-        "binary": {**fit_b, "svm_objective": svm_b.objective, "final_loss": traj_b.loss[-1],
-                   "lr": traj_b.lr},
-        "multiclass": {**fit_m, "svm_objective": svm_m.objective,
-                       "final_loss": traj_m.loss[-1], "lr": traj_m.lr},
-        "svm_self_duality_vs_noise": [{"noise": a, "self_duality": b} for a, b in sweep],
-        "timings": timings,
-        "summary": summary,
-        "figures": figures,
-    }

@@ -17,14 +17,15 @@ h = μ_y + σz with ETF means has the exact error probability
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import log_ndtr, logsumexp, ndtr
+from scipy.integrate import quad
+from scipy.optimize import brentq
+from scipy.special import log_ndtr, ndtr
+
+from ncollapse.theory._solve import cross_entropy, minimize_lbfgs
 
 __all__ = [
     "channel_error_exact",
@@ -33,13 +34,8 @@ __all__ = [
     "etf_pairwise_distance",
     "ncc_error_monte_carlo",
     "noiseless_solution",
-    "plot_last_layer",
     "train_classifier",
 ]
-
-HELP = ("last layer on collapsed features: train only the classifier on a noisy rotated ETF; "
-        "self-duality, NCC agreement and the Gaussian-channel error")
-
 
 # ---------------------------------------------------------------------------- the objective
 
@@ -52,13 +48,7 @@ def classifier_objective(params: np.ndarray, features: np.ndarray, labels: np.nd
     c = num_classes
     w = params[: c * d].reshape(c, d)
     b = params[c * d:] if bias else np.zeros(c)
-    z = features @ w.T + b
-    lse = logsumexp(z, axis=1)
-    rows = np.arange(n)
-    loss = float(np.mean(lse - z[rows, labels]))
-    g = np.exp(z - lse[:, None])
-    g[rows, labels] -= 1.0
-    g /= n
+    loss, g = cross_entropy(features @ w.T + b, labels)
     grad_w = g.T @ features + lambda_w * w
     value = loss + 0.5 * lambda_w * float(np.sum(w * w))
     parts = [grad_w.ravel()]
@@ -111,8 +101,6 @@ def train_classifier(features: Any, labels: Any, num_classes: int, *, lambda_w: 
         return p[: c * d].reshape(c, d).copy(), (p[c * d:].copy() if bias else None)
 
     if method == "lbfgs":
-        from ncollapse.theory._solve import minimize_lbfgs
-
         res = minimize_lbfgs(fun, p0, gtol=gtol)
         w, b = unpack(res.x)
         return {"weight": w, "bias": b, "objective": res.fun, "grad_norm": res.grad_norm,
@@ -147,8 +135,6 @@ def noiseless_solution(num_classes: int, scale: float, lambda_w: float) -> dict[
     a* is the root of f'(a) = −(C−1)κ/(exp(κa) + C−1) + λ_W·C·α²·a (found to machine
     precision by bracketing); returns ``a``, ``objective`` = f(a*), ``weight_norm`` = a*·α.
     """
-    from scipy.optimize import brentq
-
     c, alpha = int(num_classes), float(scale)
     if not lambda_w > 0:
         raise ValueError(f"lambda_w must be > 0 for a minimiser to exist, got {lambda_w}")
@@ -182,8 +168,6 @@ def channel_error_exact(num_classes: int, sigma: float | np.ndarray, *, scale: f
 
     ``distance`` defaults to :func:`etf_pairwise_distance` (C, ``scale``).
     """
-    from scipy.integrate import quad
-
     c = int(num_classes)
     delta = etf_pairwise_distance(c, scale) if distance is None else float(distance)
     sig = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
@@ -237,203 +221,3 @@ def ncc_error_monte_carlo(means: np.ndarray, sigma: float, samples_per_class: in
         out["classifier_error"] = cls_errs / total
         out["mismatch"] = mism / total
     return out
-
-
-# ---------------------------------------------------------------------------- figure
-
-
-def plot_last_layer(sweep: dict[str, Any], trajectories: list[dict[str, Any]],
-                    channel: dict[str, Any], out_path: str | Path) -> Path:
-    """Three panels: self-duality vs σ, self-duality vs GD step, NCC error on the channel."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ncollapse.io import atomic_savefig
-
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.2), dpi=100)
-    ax = axes[0]
-    s = np.asarray(sweep["sigma"])
-    sd = np.asarray(sweep["self_duality"])
-    ax.loglog(s, sd, "o-", color="C0", label="self-duality of trained W")
-    ref = sd[len(sd) // 2] * (s / s[len(s) // 2]) ** 2
-    ax.loglog(s, ref, "--", color="gray", lw=1, label="∝ σ² (guide)")
-    mis = np.asarray(sweep["ncc_mismatch"]) > 0
-    if mis.any():
-        ax.loglog(s[mis], sd[mis], "s", mfc="none", mec="C3", ms=10,
-                  label="NCC ≠ classifier on some training samples")
-    ax.set_xlabel("feature noise σ (ETF norm 1)")
-    ax.set_ylabel("‖W/‖W‖ − M̃/‖M̃‖‖²")
-    ax.set_title("converged classifier → the features' ETF as σ → 0", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for i, tr in enumerate(trajectories):
-        t = np.asarray(tr["steps"], dtype=float)
-        keep = t >= 1
-        ax.loglog(t[keep], np.asarray(tr["self_duality"])[keep], "-", color=f"C{i}",
-                  label=f"σ = {tr['sigma']:g}")
-    ax.set_xlabel("gradient-descent step (classifier only, random start)")
-    ax.set_ylabel("self-duality")
-    ax.set_title("during training: W aligns with the class means", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    snr = 1.0 / np.asarray(channel["sigma"])
-    ax.semilogy(snr, channel["exact"], "-", color="C0", label="ETF + NCC: exact formula")
-    ax.semilogy(snr, channel["union"], ":", color="C0", label="union bound (C−1)·Q(δ/2σ)")
-    ax.semilogy(snr, channel["orthogonal_exact"], "-", color="gray", lw=1,
-                label="orthogonal frame, same norms: exact")
-    mc = np.asarray(channel["mc_ncc"])
-    se = np.sqrt(np.maximum(mc * (1 - mc), 1e-300) / np.asarray(channel["mc_samples"]))
-    ok = mc > 0
-    ax.errorbar(snr[ok], mc[ok], yerr=2 * se[ok], fmt="o", ms=4, color="C1", capsize=2,
-                label="Monte Carlo, NCC (±2 s.e.)")
-    cl = np.asarray(channel["mc_classifier"])
-    ax.semilogy(snr[cl > 0], cl[cl > 0], "x", color="C3", ms=6,
-                label="Monte Carlo, trained W (σ_train = σ)")
-    ax.set_xlabel("1/σ")
-    ax.set_ylabel("decoding error probability")
-    ax.set_title("Gaussian channel h = μ_y + σz", fontsize=10)
-    ax.legend(fontsize=7.5)
-    for a in axes:
-        a.grid(True, which="both", alpha=0.3)
-    c = sweep["num_classes"]
-    fig.suptitle(f"Training only the last layer on collapsed features (C={c}, "
-                 f"d={sweep['dim']}, n={sweep['per_class']}/class, λ_W={sweep['lambda_w']:g})",
-                 fontsize=11)
-    fig.tight_layout()
-    out_path = atomic_savefig(fig, out_path, format="png")
-    plt.close(fig)
-    return out_path
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Flags of ``ncollapse theory last-layer``."""
-    from ncollapse.commands.theory import add_common_arguments
-
-    add_common_arguments(p, classes=5, per_class=20, dim=8)
-    g = p.add_argument_group("last layer")
-    g.add_argument("--noise", type=float, default=0.1,
-                   help="feature noise σ of the reported solution (ETF norm 1)")
-    g.add_argument("--no-bias", dest="bias", action="store_false",
-                   help="train W only (no bias)")
-    g.add_argument("--gd-steps", type=int, default=2000,
-                   help="gradient-descent steps for the training-curve panel")
-    g.add_argument("--mc-samples", type=int, default=20000,
-                   help="Monte-Carlo channel samples per class and σ")
-    g.add_argument("--sweep-points", type=int, default=10,
-                   help="σ values (log-spaced in [1e-3, 1]) for the self-duality sweep")
-    g.add_argument("--channel-points", type=int, default=9,
-                   help="σ values (1/σ evenly spaced in [1, 5]) for the channel panel")
-
-
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """``ncollapse theory last-layer``: sweep σ, train the classifier, decode the channel."""
-    from ncollapse import measure
-    from ncollapse.theory.implicit_bias import collapsed_data
-
-    c, n, d = args.classes, args.per_class, args.dim
-    lw, lb, bias = args.lambda_w, args.lambda_b, args.bias
-    timings: dict[str, float] = {}
-
-    def solve(sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        h, y, means = collapsed_data(c, n, d, noise=sigma, seed=args.seed)
-        return h, y, means, train_classifier(h, y, c, lambda_w=lw, lambda_b=lb, bias=bias)
-
-    start = time.perf_counter()
-    h, y, means, sol = solve(args.noise)
-    timings["solve_s"] = time.perf_counter() - start
-    metrics = measure(h, y, weight=sol["weight"], bias=sol["bias"], num_classes=c)
-    closed = noiseless_solution(c, 1.0, lw)
-    _, _, means0, sol0 = solve(0.0)
-    a_fit = float(np.sum(sol0["weight"] * means0) / np.sum(means0 * means0))
-
-    start = time.perf_counter()
-    sigmas = np.geomspace(1e-3, 1.0, args.sweep_points)
-    sweep: dict[str, Any] = {"sigma": sigmas.tolist(), "self_duality": [], "ncc_mismatch": [],
-                             "num_classes": c, "dim": d, "per_class": n, "lambda_w": lw}
-    for s in sigmas:
-        hs, ys, _, ss = solve(float(s))
-        m = measure(hs, ys, weight=ss["weight"], bias=ss["bias"], num_classes=c)
-        sweep["self_duality"].append(m.self_duality)
-        sweep["ncc_mismatch"].append(m.ncc_mismatch)
-    timings["sweep_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    trajectories = []
-    for s in (0.3, 0.1, 0.03, 0.01):
-        hs, ys, _ = collapsed_data(c, n, d, noise=s, seed=args.seed)
-
-        def track(w: np.ndarray, b: np.ndarray | None, hs: np.ndarray = hs,
-                  ys: np.ndarray = ys) -> float:
-            if not np.any(w):
-                return float("nan")
-            return measure(hs, ys, weight=w, num_classes=c).self_duality
-
-        gd = train_classifier(hs, ys, c, lambda_w=lw, lambda_b=lb, bias=bias, method="gd",
-                              steps=args.gd_steps, num_records=30, track=track,
-                              init_seed=args.seed)
-        trajectories.append({"sigma": s, "steps": gd["record_steps"].tolist(),
-                             "self_duality": gd["tracked"]})
-    timings["gd_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(args.seed + 7)
-    ch_sigmas = 1.0 / np.linspace(1.0, 5.0, args.channel_points)
-    channel: dict[str, Any] = {
-        "sigma": ch_sigmas.tolist(),
-        "exact": channel_error_exact(c, ch_sigmas).tolist(),
-        "union": channel_error_union(c, ch_sigmas).tolist(),
-        "orthogonal_exact": channel_error_exact(c, ch_sigmas, distance=math.sqrt(2.0)).tolist(),
-        "mc_ncc": [], "mc_classifier": [], "mc_mismatch": [], "mc_samples": [],
-    }
-    for s in ch_sigmas:
-        hs, ys, mu = collapsed_data(c, n, d, noise=float(s), seed=args.seed)
-        ts = train_classifier(hs, ys, c, lambda_w=lw, lambda_b=lb, bias=bias)
-        mc = ncc_error_monte_carlo(mu, float(s), args.mc_samples, rng, weight=ts["weight"],
-                                   bias=ts["bias"])
-        channel["mc_ncc"].append(mc["ncc_error"])
-        channel["mc_classifier"].append(mc["classifier_error"])
-        channel["mc_mismatch"].append(mc["mismatch"])
-        channel["mc_samples"].append(mc["samples"])
-    mc_arr, ex = np.array(channel["mc_ncc"]), np.array(channel["exact"])
-    z = (mc_arr - ex) / np.sqrt(ex * (1 - ex) / np.array(channel["mc_samples"]))
-    channel["max_abs_z"] = float(np.max(np.abs(z)))
-    timings["channel_s"] = time.perf_counter() - start
-
-    summary = [
-        f"last layer on a rotated ETF + noise: C={c}, n={n}, d={d}, λ_W={lw:g}, "
-        f"λ_b={lb if bias else 'no bias'}",
-        f"σ={args.noise:g}: objective {sol['objective']:.10f} (‖∇‖ {sol['grad_norm']:.1e}); "
-        f"self_duality {metrics.self_duality:.3e}; ncc_mismatch {metrics.ncc_mismatch:.3g}; "
-        f"accuracy {metrics.accuracy:.4f}",
-        f"σ=0: solver objective {sol0['objective']:.12f}, closed form {closed['objective']:.12f}; "
-        f"W = a·M with a = {a_fit:.10f} (closed form {closed['a']:.10f})",
-        "self_duality vs σ: " + ", ".join(
-            f"{s:.0e}: {v:.1e}" for s, v in zip(sigmas, sweep["self_duality"], strict=True)),
-        f"channel: Monte Carlo NCC error vs exact formula, max |z| = {channel['max_abs_z']:.2f} "
-        f"over {len(ch_sigmas)} σ; max NCC/classifier mismatch "
-        f"{max(channel['mc_mismatch']):.2e}",
-        "times: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
-    ]
-    figures: list[str] = []
-    if not args.no_figures:
-        figures.append(str(plot_last_layer(sweep, trajectories, channel,
-                                           args.out / "last-layer.png")))
-    return {
-        "objective": sol["objective"],
-        "closed_form_objective": closed["objective"] if args.noise == 0 else None,
-        "metrics": metrics.to_dict(),
-        "noiseless": {"objective": sol0["objective"], "closed_form_objective":
-                      closed["objective"], "a": a_fit, "closed_form_a": closed["a"]},
-        "self_duality_vs_sigma": sweep,
-        "gd_trajectories": trajectories,
-        "channel": channel,
-        "timings": timings,
-        "summary": summary,
-        "figures": figures,
-    }

@@ -16,35 +16,28 @@ Classes 0..C_A−1 are the majority (n_A samples each), C_A..C−1 the minority 
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ncollapse.theory._solve import cross_entropy, minimize_lbfgs
 
 __all__ = [
-    "HELP",
     "LayerPeeledProblem",
     "LayerPeeledSolution",
     "balanced_closed_form",
-    "configure_parser",
+    "VANISHED_NORM_RATIO",
+    "collapse_threshold",
     "minority_cosine",
-    "run_cli",
     "solve",
+    "sdp_agreement",
     "solve_sdp",
     "sweep_ratio",
 ]
-
-HELP = ("norm-constrained layer-peeled model (Fang et al. 2021): balanced ETF vs closed form, "
-        "minority collapse as the imbalance ratio R grows")
-
 
 @dataclass(frozen=True)
 class LayerPeeledProblem:
@@ -150,16 +143,7 @@ def _objective_terms(problem: LayerPeeledProblem, per_sample: bool):
 def _loss(w: np.ndarray, h: np.ndarray, labels: np.ndarray,
           pi: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray]:
     """Objective and gradients w.r.t. W and H (per sample, or class means weighted by π)."""
-    logits = h @ w.T
-    if pi is None:
-        f, dz = cross_entropy(logits, labels)
-    else:
-        rows = np.arange(len(labels))
-        lse = logsumexp(logits, axis=1)
-        f = float(pi @ (lse - logits[rows, labels]))
-        dz = np.exp(logits - lse[:, None])
-        dz[rows, labels] -= 1.0
-        dz *= pi[:, None]
+    f, dz = cross_entropy(h @ w.T, labels, pi)
     return f, dz.T @ h, dz @ w
 
 
@@ -248,7 +232,7 @@ def solve_sdp(problem: LayerPeeledProblem, *, tol: float = 1e-9) -> SDPSolution:
     minimise Σ_c π_c [logsumexp_j Z_{C+j,c} − Z_{C+c,c}] s.t. tr Z_HH ≤ C·E_H, tr Z_WW ≤ C·E_W.
     Exact when d ≥ 2C (every such Z is a Gram matrix in R^d); a lower bound otherwise.
     """
-    import cvxpy as cp
+    import cvxpy as cp  # heavy (about a second to import): loaded only when an SDP is solved
 
     c = problem.classes
     pi = problem.weights
@@ -291,205 +275,127 @@ def minority_cosine(weight_or_gram: np.ndarray, minority: list[int] | np.ndarray
     return float(sub[~np.eye(len(idx), dtype=bool)].mean())
 
 
+VANISHED_NORM_RATIO = 1e-6
+"""Minority rows count as vanished (w_c = 0, the strongest minority collapse) below this ratio
+of mean minority to mean majority classifier norm; their directions, and any cosine between
+them, are then numerical noise."""
+
+
+def _minority_state(problem: LayerPeeledProblem, majority: int, *, seeds: tuple[int, ...],
+                    gtol: float, x0: np.ndarray | None = None
+                    ) -> tuple[LayerPeeledSolution, float, float]:
+    """Class-mean solve; (solution, minority cosine or NaN if vanished, minority norm ratio)."""
+    sol = solve(problem, per_sample=False, seeds=seeds, gtol=gtol, x0=x0)
+    minority_idx = list(range(majority, problem.classes))
+    norms = np.linalg.norm(sol.weight, axis=1)
+    ratio = float(norms[minority_idx].mean() / norms[:majority].mean())
+    cos = float("nan") if ratio < VANISHED_NORM_RATIO else minority_cosine(sol.weight,
+                                                                           minority_idx)
+    return sol, cos, ratio
+
+
 def sweep_ratio(*, majority: int, minority: int, dim: int, energy_w: float, energy_h: float,
                 ratios: np.ndarray | list[float], seeds: tuple[int, ...] = (0, 1),
-                sdp: bool = True, gtol: float = 1e-10) -> list[dict[str, float]]:
-    """Minority cosine and objective vs R (class-mean problem, warm-started along R)."""
-    rows = []
+                sdp: bool = True, gtol: float = 1e-10) -> list[dict[str, Any]]:
+    """Minority cosine, norm ratio and objective vs R (class-mean problem, warm-started along R).
+
+    Each row: ``ratio``, ``objective``, ``minority_cosine`` (None when the minority rows have
+    vanished, see :data:`VANISHED_NORM_RATIO`), ``minority_norm_ratio``,
+    ``minority_vanished``, ``kkt_residual``; with ``sdp`` also ``sdp_objective`` and
+    ``sdp_minority_cosine`` (None when vanished: the SDP's Gram entries for w_c ≈ 0 are at its
+    tolerance and their cosines are noise, kept as ``sdp_minority_cosine_noise``).
+    """
+    rows: list[dict[str, Any]] = []
     x0 = None
     minority_idx = list(range(majority, majority + minority))
     for r in ratios:
         p = LayerPeeledProblem.imbalanced(majority=majority, minority=minority, ratio=float(r),
                                           dim=dim, energy_w=energy_w, energy_h=energy_h)
-        sol = solve(p, per_sample=False, seeds=seeds, gtol=gtol, x0=x0)
+        sol, cos, norm_ratio = _minority_state(p, majority, seeds=seeds, gtol=gtol, x0=x0)
         x0 = np.concatenate([sol.weight.ravel(), sol.features.ravel()])
-        norms = np.linalg.norm(sol.weight, axis=1)
-        row = {"ratio": float(r), "objective": sol.objective,
-               "minority_cosine": minority_cosine(sol.weight, minority_idx),
-               "minority_norm_ratio": float(norms[minority_idx].mean()
-                                            / norms[:majority].mean()),
-               "kkt_residual": sol.kkt_residual}
+        vanished = norm_ratio < VANISHED_NORM_RATIO
+        row: dict[str, Any] = {"ratio": float(r), "objective": sol.objective,
+                               "minority_cosine": None if vanished else cos,
+                               "minority_norm_ratio": norm_ratio,
+                               "minority_vanished": vanished, "kkt_residual": sol.kkt_residual}
         if sdp:
             s = solve_sdp(p)
+            sdp_cos = minority_cosine(s.weight_gram, minority_idx, gram=True)
             row["sdp_objective"] = s.objective
-            row["sdp_minority_cosine"] = minority_cosine(s.weight_gram, minority_idx, gram=True)
+            row["sdp_minority_cosine"] = None if vanished else sdp_cos
+            if vanished:
+                row["sdp_minority_cosine_noise"] = sdp_cos
         rows.append(row)
     return rows
 
 
-# ----------------------------------------------------------------------------- CLI
+def sdp_agreement(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Largest |L-BFGS − SDP| over sweep rows: objective, and minority cosine (rows where the
+    minority rows have not vanished), with the R at which each occurs."""
+    both = [r for r in rows if r.get("sdp_objective") is not None]
+    if not both:
+        return {"max_objective_gap": None, "objective_gap_ratio": None,
+                "max_cosine_gap": None, "cosine_gap_ratio": None}
+    obj = max(both, key=lambda r: abs(r["objective"] - r["sdp_objective"]))
+    with_cos = [r for r in both if r.get("sdp_minority_cosine") is not None
+                and r.get("minority_cosine") is not None]
+    cos = max(with_cos, key=lambda r: abs(r["minority_cosine"] - r["sdp_minority_cosine"]),
+              default=None)
+    return {"max_objective_gap": abs(obj["objective"] - obj["sdp_objective"]),
+            "objective_gap_ratio": obj["ratio"],
+            "max_cosine_gap": None if cos is None
+            else abs(cos["minority_cosine"] - cos["sdp_minority_cosine"]),
+            "cosine_gap_ratio": None if cos is None else cos["ratio"]}
 
 
-def _energy_pairs(text: str) -> list[tuple[float, float]]:
-    pairs = []
-    for item in text.split():
-        try:
-            a, b = (float(x) for x in item.split(","))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(
-                f"--sweep-energies takes space-separated E_W,E_H pairs like '1,1 5,5', got "
-                f"{item!r}") from exc
-        pairs.append((a, b))
-    return pairs
+def collapse_threshold(*, majority: int, minority: int, dim: int, energy_w: float,
+                       energy_h: float, ratio_max: float = 1e5, rtol: float = 0.01,
+                       cos_tol: float = 1e-6, seeds: tuple[int, ...] = (0, 1),
+                       gtol: float = 1e-10) -> dict[str, Any]:
+    """The minority-collapse threshold in R, by bisection on log R.
 
+    Collapse at R means: the minority classifiers are parallel (mean pairwise cosine
+    ≥ 1 − ``cos_tol``) or have vanished. Bisection from [1, ``ratio_max``] (R = 1 is the
+    balanced ETF) until hi/lo ≤ 1 + ``rtol``; each R is an independent class-mean solve from
+    ``seeds``. Returns ``bracket`` (lo, hi) with no collapse at lo and collapse at hi (None when
+    there is none up to ``ratio_max``), ``cosine_lo``/``cosine_hi``, ``norm_ratio_lo``/
+    ``norm_ratio_hi``, ``solves``; and, the same way, ``vanish_bracket`` for the R above which
+    the minority rows vanish (None when they do not up to ``ratio_max``).
+    """
+    if not (ratio_max > 1 and rtol > 0 and 0 < cos_tol < 1):
+        raise ValueError(f"need ratio_max > 1, rtol > 0 and 0 < cos_tol < 1, got {ratio_max}, "
+                         f"{rtol}, {cos_tol}")
+    cache: dict[float, tuple[float, float]] = {}
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Flags of ``ncollapse theory layer-peeled``."""
-    from ncollapse.commands.theory import add_common_arguments
+    def state(r: float) -> tuple[float, float]:
+        if r not in cache:
+            p = LayerPeeledProblem.imbalanced(majority=majority, minority=minority, ratio=r,
+                                              dim=dim, energy_w=energy_w, energy_h=energy_h)
+            cache[r] = _minority_state(p, majority, seeds=seeds, gtol=gtol)[1:]
+        return cache[r]
 
-    add_common_arguments(p, classes=10, per_class=5, dim=20)
-    p.set_defaults(lambda_w=None, lambda_h=None, lambda_b=None)
-    g = p.add_argument_group("layer-peeled")
-    g.add_argument("--energy-w", type=float, default=1.0, help="budget E_W on (1/C)Σ‖w_c‖²")
-    g.add_argument("--energy-h", type=float, default=1.0,
-                   help="budget E_H on (1/C)Σ_c (1/n_c)Σ_i ‖h_{c,i}‖²")
-    g.add_argument("--majority", type=int, default=None,
-                   help="number of majority classes C_A (default C/2, rounded down)")
-    g.add_argument("--ratio", type=float, default=1.0,
-                   help="imbalance R = n_A/n_B for the main solve (1 = balanced); --per-class "
-                        "is n_B and R·n_B must be an integer")
-    g.add_argument("--restarts", type=int, default=3, help="random inits for the main solve")
-    g.add_argument("--max-ratio", type=float, default=1e4, help="largest R of the sweep")
-    g.add_argument("--sweep-points", type=int, default=13,
-                   help="R values in the minority-collapse sweep (0: no sweep)")
-    g.add_argument("--sweep-energies", type=_energy_pairs, default=_energy_pairs("2,2 3,3 5,5"),
-                   help="(E_W,E_H) pairs for the sweep (default '2,2 3,3 5,5')")
-    g.add_argument("--no-sdp", action="store_true", help="skip the convex (SDP) cross-check")
+    def collapsed(r: float) -> bool:
+        cos, norm_ratio = state(r)
+        return norm_ratio < VANISHED_NORM_RATIO or cos >= 1.0 - cos_tol
 
+    def vanished(r: float) -> bool:
+        return state(r)[1] < VANISHED_NORM_RATIO
 
-def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """``ncollapse theory layer-peeled``: solve, compare, sweep R, plot, return the JSON."""
-    from ncollapse import measure
+    def bisect(pred: Any) -> tuple[float, float] | None:
+        lo, hi = 1.0, float(ratio_max)
+        if pred(lo) or not pred(hi):
+            return None
+        while hi / lo > 1.0 + rtol:
+            mid = math.sqrt(lo * hi)
+            lo, hi = (lo, mid) if pred(mid) else (mid, hi)
+        return lo, hi
 
-    for flag in ("lambda_w", "lambda_h", "lambda_b"):
-        if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')} does not apply: the layer-peeled "
-                             "model has norm budgets; use --energy-w / --energy-h")
-    c = args.classes
-    majority = c // 2 if args.majority is None else args.majority
-    minority = c - majority
-    if not 1 <= majority < c:
-        raise ValueError(f"--majority must be between 1 and C-1 = {c - 1}, got {majority}")
-    if args.restarts < 1:
-        raise ValueError(f"--restarts must be >= 1, got {args.restarts}")
-    problem = LayerPeeledProblem.imbalanced(
-        majority=majority, minority=minority, ratio=args.ratio, minority_count=args.per_class,
-        dim=args.dim, energy_w=args.energy_w, energy_h=args.energy_h)
-    seeds = tuple(range(args.seed, args.seed + args.restarts))
-    sol = solve(problem, per_sample=True, seeds=seeds)
-    balanced = args.ratio == 1.0
-    cf = balanced_closed_form(c, args.energy_w, args.energy_h) \
-        if balanced and args.dim >= c - 1 else None
-    metrics = measure(sol.features, sol.labels, weight=sol.weight).to_dict()
-    sdp = None if args.no_sdp else solve_sdp(problem)
-    minority_idx = list(range(majority, c))
-    min_cos = minority_cosine(sol.weight, minority_idx) if minority >= 2 else None
-    rows: dict[str, list[dict[str, float]]] = {}
-    figures: list[str] = []
-    if args.sweep_points > 0 and not args.no_figures:
-        if minority < 2:
-            raise ValueError("the minority-collapse sweep needs >= 2 minority classes; lower "
-                             "--majority or pass --sweep-points 0")
-        ratios = np.geomspace(1.0, args.max_ratio, args.sweep_points)
-        for ew, eh in args.sweep_energies:
-            rows[f"{ew:g},{eh:g}"] = sweep_ratio(
-                majority=majority, minority=minority, dim=args.dim, energy_w=ew, energy_h=eh,
-                ratios=ratios, sdp=not args.no_sdp)
-        figures.append(str(_figure(rows, sol, majority, Path(args.out))))
-    summary = [
-        f"layer-peeled [Fang et al. 2021]: C={c} (C_A={majority} majority with n_A="
-        f"{problem.counts[0]:g}, C_B={minority} minority with n_B={problem.counts[-1]:g}, "
-        f"R={args.ratio:g}), d={args.dim}, E_W={args.energy_w:g}, E_H={args.energy_h:g}",
-        f"  solver: L-BFGS on the constraint surface, seeds {list(sol.seed_objectives)}, "
-        f"{sol.iterations} iterations, {sol.time_s:.2f} s",
-        f"  objective            {sol.objective:.15g}",
-        f"  closed form          {cf:.15g}" if cf is not None
-        else "  closed form          none (imbalanced)",
-        f"  convex SDP           {sdp.objective:.15g}  ({sdp.status}, {sdp.time_s:.2f} s)"
-        if sdp is not None else "  convex SDP           skipped",
-        f"  KKT residual         {sol.kkt_residual:.3g}",
-    ]
-    if min_cos is not None:
-        summary.append(f"  mean cosine between minority classifiers {min_cos:.6f}")
-    keys = ("nc1", "nc1_trace_ratio", "equinorm_weights", "equiangular_weights",
-            "etf_error_weights", "self_duality")
-    summary.append("  NC metrics: " + ", ".join(
-        f"{k}={metrics[k]:.3g}" for k in keys if metrics.get(k) is not None))
-    if min_cos is not None and min_cos > 1 - 1e-6:
-        summary.append("  (minority collapse: the minority class means coincide, so Σ_B loses "
-                       "rank and nc1 = Tr(Σ_W Σ_B^†)/C is ill-posed; nc1_trace_ratio shows the "
-                       "within-class collapse)")
-    for key, rr in rows.items():
-        summary.append(f"  sweep E_W,E_H={key}: minority cosine " + " ".join(
-            f"R={r['ratio']:.3g}:{r['minority_cosine']:.3f}" for r in rr))
-    return {
-        "model": "layer-peeled", "classes": c, "majority": majority, "minority": minority,
-        "ratio": args.ratio, "per_class_minority": args.per_class, "dim": args.dim,
-        "energy_w": args.energy_w, "energy_h": args.energy_h,
-        "objective": sol.objective, "closed_form_objective": cf, "metrics": metrics,
-        "sdp_objective": sdp.objective if sdp is not None else None,
-        "kkt_residual": sol.kkt_residual, "gradient_norm": sol.gradient_norm,
-        "minority_cosine": min_cos, "time_s": sol.time_s,
-        "seed_objectives": {str(k): v for k, v in sol.seed_objectives.items()},
-        "sweep": rows, "summary": summary, "figures": figures,
-    }
-
-
-def _figure(rows: dict[str, list[dict[str, float]]], sol: LayerPeeledSolution, majority: int,
-            out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ncollapse.io import atomic_savefig
-
-    c = sol.problem.classes
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3),
-                             gridspec_kw={"width_ratios": [1.35, 1.0, 0.95]})
-    for k, (key, rr) in enumerate(rows.items()):
-        r = [x["ratio"] for x in rr]
-        axes[0].semilogx(r, [x["minority_cosine"] for x in rr], f"C{k}-", lw=1.8,
-                         label=f"E_W = E_H = {key.split(',')[0]}" if key.split(",")[0]
-                         == key.split(",")[1] else f"E_W, E_H = {key}")
-        if "sdp_minority_cosine" in rr[0]:
-            axes[0].semilogx(r, [x["sdp_minority_cosine"] for x in rr], f"C{k}o", ms=5,
-                             mfc="none")
-        axes[1].loglog(r, [max(x["minority_norm_ratio"], 1e-12) for x in rr], f"C{k}-", lw=1.8)
-    ax = axes[0]
-    ax.plot([], [], "ko", mfc="none", label="convex SDP (Clarabel)")
-    ax.axhline(1.0, color="k", lw=0.8, ls=":")
-    ax.axhline(-1.0 / (c - 1), color="0.5", lw=0.8, ls="--", label="ETF cosine −1/(C−1)")
-    ax.set_xlabel("imbalance ratio R = n_A / n_B")
-    ax.set_ylabel("mean cosine between minority classifiers")
-    ax.set_title(f"minority collapse (C_A = {majority}, C_B = {c - majority}, d = "
-                 f"{sol.problem.dim})")
-    ax.set_ylim(-0.2, 1.42)
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
-    ax.grid(alpha=0.3)
-    ax = axes[1]
-    ax.set_xlabel("imbalance ratio R")
-    ax.set_ylabel("mean ‖w_minority‖ / mean ‖w_majority‖")
-    ax.set_title("minority classifiers shrink")
-    ax.grid(alpha=0.3, which="both")
-    ax = axes[2]
-    if rows:
-        key = list(rows)[-1]
-        ew, eh = (float(x) for x in key.split(","))
-        ratio = rows[key][-1]["ratio"]
-        p = LayerPeeledProblem.imbalanced(majority=majority, minority=c - majority, ratio=ratio,
-                                          dim=sol.problem.dim, energy_w=ew, energy_h=eh)
-        w = solve(p, per_sample=False, seeds=(0,)).weight
-        n = np.linalg.norm(w, axis=1)
-        cos = (w @ w.T) / np.outer(n, n)
-        im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.axhline(majority - 0.5, color="k", lw=0.8)
-        ax.axvline(majority - 0.5, color="k", lw=0.8)
-        ax.set_title(f"cos(w_c, w_c′) at R = {ratio:g}, E = {key}")
-        ax.set_xlabel("class: majority | minority")
-    fig.tight_layout()
-    path = out / "theory-layer-peeled.png"
-    atomic_savefig(fig, path, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    bracket = bisect(collapsed)
+    out: dict[str, Any] = {"energy_w": energy_w, "energy_h": energy_h, "bracket": bracket,
+                           "cos_tol": cos_tol, "rtol": rtol, "ratio_max": ratio_max}
+    if bracket is not None:
+        out.update(cosine_lo=state(bracket[0])[0], cosine_hi=state(bracket[1])[0],
+                   norm_ratio_lo=state(bracket[0])[1], norm_ratio_hi=state(bracket[1])[1])
+    out["vanish_bracket"] = bisect(vanished)
+    out["solves"] = len(cache)
+    return out

@@ -1,4 +1,16 @@
-"""``ncollapse theory <model>``: run one theory-lab experiment, print, plot, write JSON."""
+"""``ncollapse theory <model>``: run one theory-lab experiment, print, draw, write JSON.
+
+Each model's command lives in a submodule of this package and defines
+  HELP: str                                    one line for ``ncollapse theory --help``
+  configure_parser(p: ArgumentParser) -> None  its flags (:func:`add_common_arguments` included)
+  run_cli(args: Namespace) -> dict             solve and return the JSON result: at least
+                                               "objective", "closed_form_objective" (None where
+                                               none) and "metrics" (NCMetrics.to_dict() of the
+                                               solution), plus "summary" (lines to print) and
+                                               "figures" ({file name: matplotlib Figure}, empty
+                                               with --no-figures).
+This module does the rest: the output directory, saving the figures, printing, the JSON file.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +18,25 @@ import argparse
 import importlib
 import json
 from pathlib import Path
+from typing import Any
 
-from ncollapse.io import atomic_write_json
+import numpy as np
 
-# subcommand -> module in ncollapse.theory that implements it. Each module defines
-#   HELP: str                                  one line for ``ncollapse theory --help``
-#   configure_parser(p: ArgumentParser) -> None  its own flags (common ones are added here)
-#   run_cli(args: Namespace) -> dict           solve, write figures under args.out, return the
-#                                              JSON result: at least "objective",
-#                                              "closed_form_objective" (None where none) and
-#                                              "metrics" (the NCMetrics.to_dict() of the solution),
-#                                              plus "summary": list of lines to print and
-#                                              "figures": list of written paths.
+from ncollapse.io import atomic_savefig, atomic_write_json
+
 SUBCOMMANDS = {
-    "ufm": "ncollapse.theory.ufm",
-    "layer-peeled": "ncollapse.theory.layer_peeled",
-    "central-path": "ncollapse.theory.central_path",
-    "implicit-bias": "ncollapse.theory.implicit_bias",
-    "last-layer": "ncollapse.theory.last_layer",
+    "ufm": "ncollapse.commands.theory.ufm",
+    "layer-peeled": "ncollapse.commands.theory.layer_peeled",
+    "central-path": "ncollapse.commands.theory.central_path",
+    "implicit-bias": "ncollapse.commands.theory.implicit_bias",
+    "last-layer": "ncollapse.commands.theory.last_layer",
 }
 
 
 def add_common_arguments(p: argparse.ArgumentParser, *, classes: int = 4, per_class: int = 10,
-                         dim: int = 8, lambda_w: float = 5e-3, lambda_h: float = 5e-3,
-                         lambda_b: float = 5e-3) -> None:
-    """The flags every theory subcommand takes; modules may pass their own defaults."""
+                         dim: int = 8, lambda_w: float | None = 5e-3,
+                         lambda_h: float | None = 5e-3, lambda_b: float | None = 5e-3) -> None:
+    """The flags every theory subcommand takes; each model passes its own defaults."""
     g = p.add_argument_group("common")
     g.add_argument("--classes", type=int, default=classes, help="number of classes C")
     g.add_argument("--per-class", type=int, default=per_class, help="samples per class n")
@@ -43,10 +49,12 @@ def add_common_arguments(p: argparse.ArgumentParser, *, classes: int = 4, per_cl
                    help="directory for figures (default: ./theory-<model>)")
     g.add_argument("--json", type=Path, default=None, dest="json_path",
                    help="write the result as JSON to this path")
-    g.add_argument("--no-figures", action="store_true", help="skip writing figures")
+    g.add_argument("--no-figures", action="store_true",
+                   help="skip drawing figures (every computation still runs)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``theory`` and one subcommand per model."""
     parser = subparsers.add_parser(
         "theory", help="theory lab: last layers in isolation, checked against closed forms",
         description="Solve a model of the last layers and compare with its closed form.",
@@ -60,27 +68,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Solve, save the figures under ``--out``, print the summary, write ``--json``."""
     if args.out is None:
         args.out = Path(f"theory-{args.model}")
-    args.out.mkdir(parents=True, exist_ok=True)
     result = importlib.import_module(args.theory_module).run_cli(args)
+    paths = []
+    if result.get("figures"):
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, fig in result["figures"].items():
+            paths.append(str(atomic_savefig(fig, args.out / name, format="png")))
+    result["figures"] = paths
     for line in result.get("summary", []):
         print(line)
-    for fig in result.get("figures", []):
-        print(f"figure: {fig}")
+    for path in paths:
+        print(f"figure: {path}")
     if args.json_path is not None:
-        payload = {k: v for k, v in result.items() if k not in ("summary",)}
+        payload = {k: v for k, v in result.items() if k != "summary"}
         atomic_write_json(args.json_path, json.loads(json.dumps(payload, default=_to_jsonable)))
         print(f"json: {args.json_path}")
     return 0
 
 
-def _to_jsonable(obj):
-    import numpy as np
-
+def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
         return obj.item()
     if isinstance(obj, Path):
         return str(obj)
