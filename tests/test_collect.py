@@ -195,8 +195,10 @@ def test_clear_errors() -> None:
     cnn = _CNN()
     with pytest.raises(ValueError, match="close names: body"):
         collect_features(cnn, _loader(torch.randn(8, 1, 3, 3), y), layer="bodyy")
-    with pytest.raises(ValueError, match="classifier weight has shape \\(3, 8\\)"):
-        collect_features(model, _loader(x, y), layer="0", use="output")
+    # a layer the classifier does not act on is measured without it (no shape error)
+    first = collect_features(model, _loader(x, y), layer="0", use="output")
+    assert first.features.shape == (8, 16)
+    assert first.weight is None and first.bias is None and first.logits is None
     with pytest.raises(ValueError, match="use must be"):
         collect_features(model, _loader(x, y), use="middle")
     with pytest.raises(ValueError, match="not a submodule"):
