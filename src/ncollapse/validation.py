@@ -211,14 +211,14 @@ def resolve_num_classes(
 
 
 def warn_absent_classes(counts: torch.Tensor) -> None:
-    """Warn, naming them, about classes with no samples (metrics use the present classes)."""
-    absent = torch.nonzero(counts == 0).flatten().tolist()
+    """Warn once, with their number (not a list: vocabularies have thousands), about classes
+    with no samples (the metrics use the present classes)."""
+    absent = int((counts == 0).sum())
     if absent:
-        shown = ", ".join(map(str, absent[:20])) + (" ..." if len(absent) > 20 else "")
         warnings.warn(
-            f"{len(absent)} class(es) have no samples and are left out of the metrics "
-            f"(measured over the {int((counts > 0).sum())} present classes; weight rows of "
-            f"absent classes are ignored for NC2/NC3): classes {shown}",
+            f"{absent} of {counts.numel()} classes have no samples and are left out of the "
+            f"metrics (measured over the {counts.numel() - absent} present classes; weight rows "
+            f"of absent classes are ignored for NC2/NC3)",
             UserWarning,
             stacklevel=3,
         )

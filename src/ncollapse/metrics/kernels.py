@@ -1,24 +1,36 @@
-"""Numeric kernels of the metrics: chunk sizes, pairwise statistics of class vectors."""
+"""Numeric kernels of the metrics: chunk sizes, class means, spectrum, decisions over class tiles.
+
+Decisions (argmax of classifier scores, argmin of distances) are taken over tiles of classes
+in the compute dtype, keeping the best and second-best score of each row; rows whose two best
+scores are within rounding of each other are decided again in float64 (``checked_best``), so
+the decisions equal those of a float64 computation.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+__all__ = ["class_means", "compute_dtype", "chunk_rows", "gather_sub", "spectrum",
+           "tiled_best", "checked_best", "decision_tol", "dist_active", "class_tile"]
+
 _F64 = torch.float64
 _CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
 _BULK_ELEMS = 1 << 19  # float32 feature elements per operation in the few-class paths
+_SCORE_ELEMS = 1 << 23  # score elements per (rows x class tile) block (32 MiB in float32)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are measured in float64, every other dtype in float32."""
     return _F64 if dtype == _F64 else torch.float32
 
 
-def _chunk_rows(dim: int, cols: int = 0) -> int:
+def chunk_rows(dim: int, cols: int = 0) -> int:
     """Rows per chunk: about a MiB of features (cache-sized elementwise work), and enough
     rows for an efficient matrix product with ``cols`` columns."""
     rows = _CHUNK_ELEMS // max(1, dim)
@@ -27,74 +39,30 @@ def _chunk_rows(dim: int, cols: int = 0) -> int:
     return max(64, min(8192, rows))
 
 
-def _bulk_rows(dim: int, step: int, n: int) -> int:
-    """Rows per operation for narrow work (few classes): about 2 MiB of float32 features
-    (cache-sized), a multiple of ``step``, so that per-operation overhead (thread start-up)
-    stays small."""
+def bulk_rows(dim: int, step: int, n: int) -> int:
+    """Rows per operation for narrow work (few classes): about 2 MiB of float32 features,
+    a multiple of ``step``, so that per-operation overhead stays small."""
     rows = max(step, (_BULK_ELEMS // max(1, dim)) // step * step)
     return min(rows, -(-n // step) * step)
 
 
-_PAIRS: dict[tuple[int, str], torch.Tensor] = {}
+def class_tile(rows: int, num_classes: int, tile: int | None) -> int:
+    """Classes per score block: ``tile`` when given, else about 32 MiB of float32 scores."""
+    if tile is not None:
+        return max(1, tile)
+    return max(256, min(num_classes, _SCORE_ELEMS // max(1, rows)))
 
 
-def _pairs(c: int, device: torch.device) -> torch.Tensor:
-    """Index pairs c < c' (2 x C(C-1)/2), cached for small C (read-only)."""
-    if c > 256:
-        return torch.triu_indices(c, c, offset=1, device=device)
-    key = (c, str(device))
-    if key not in _PAIRS:
-        _PAIRS[key] = torch.triu_indices(c, c, offset=1, device=device)
-    return _PAIRS[key]
-
-
-def _dist_active() -> bool:
+def dist_active() -> bool:
+    """Whether torch.distributed runs with more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _f(x: torch.Tensor | float) -> float:
-    return float(x)
-
-
-def _angles(x: torch.Tensor, gram: torch.Tensor | None = None
-            ) -> tuple[float, float | None, float, float]:
-    """Equinorm, equiangularity, max-angle and ETF-Gram error of the rows of ``x`` (float64)."""
-    c = x.shape[0]
-    g = x @ x.T if gram is None else gram
-    norms = x.norm(dim=1)
-    equinorm = _f(norms.std(unbiased=True) / norms.mean())
-    cos = g / norms[:, None] / norms[None, :]
-    iu = _pairs(c, x.device)
-    pair = cos[iu[0], iu[1]]
-    equiang = _f(pair.std(unbiased=True)) if pair.numel() > 1 else None
-    maxangle = _f((pair + 1.0 / (c - 1)).abs().mean())
-    return equinorm, equiang, maxangle, _etf_error(g)
-
-
-def _etf_error(g: torch.Tensor) -> float:
-    c = g.shape[0]
-    target = (torch.eye(c, dtype=_F64, device=g.device) - 1.0 / c) / math.sqrt(c - 1)
-    return _f(torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target))
-
-
-def _pair_sqdist(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared distances between the rows of ``x`` (float64), exact differences when small."""
-    c, d = x.shape
-    if c * c * d <= 1 << 24:
-        return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    g = x @ x.T if gram is None else gram
-    sq = g.diagonal()
-    out = sq[:, None] + sq[None, :] - 2.0 * g
-    out.clamp_(min=0.0).fill_diagonal_(0.0)
-    return out
-
-
-def _gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_sub(h: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """h - table[idx] in one fresh buffer of the table's dtype (exact when h is float32 and
     the table float64); index_select is much faster than fancy indexing."""
     out = torch.index_select(table, 0, idx)
     return torch.sub(h, out, out=out)
-
 
 
 def class_means(features: Any, labels: Any, num_classes: int) -> tuple[Any, Any]:
@@ -119,3 +87,87 @@ def class_means(features: Any, labels: Any, num_classes: int) -> tuple[Any, Any]
     means = shift + sums / counts.to(_F64)[:, None]
     means[counts == 0] = math.nan
     return (means.cpu().numpy(), counts.cpu().numpy()) if is_np else (means, counts)
+
+
+def spectrum(mt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Right singular vectors V (d, k) and singular values S (k,) of the centred means M~ (C, d),
+    float64, truncated to k = min(C - 1, numerical rank); and the first dropped singular value.
+
+    Never a C x C decomposition: for C > d the R factor of a QR of M~ (d x d) carries the same
+    singular values and right vectors; for C <= d the thin SVD of M~^T (d x C).
+    """
+    c, d = mt.shape
+    if c > d:
+        r = torch.linalg.qr(mt, mode="r")[1]
+        _, s, vh = torch.linalg.svd(r)
+        v = vh.T
+    else:
+        v, s, _ = torch.linalg.svd(mt.T, full_matrices=False)
+    eps = torch.finfo(_F64).eps
+    tol = float(s[0]) * max(c, d) * eps
+    rank = int((s > tol).sum())
+    k = max(1, min(c - 1, rank))
+    s_drop = float(s[k]) if k < s.numel() else 0.0
+    return v[:, :k].contiguous(), s[:k].clone(), s_drop
+
+
+def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
+               largest: bool, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best column of z @ mat + offset per row, over tiles of ``tile`` columns.
+
+    Returns (index, best score, second-best score); the second is +-inf with one column.
+    Ties keep the lowest index.
+    """
+    n, cols = z.shape[0], mat.shape[1]
+    fill = -math.inf if largest else math.inf
+    best = torch.full((n,), fill, dtype=z.dtype, device=z.device)
+    second = best.clone()
+    idx = torch.zeros(n, dtype=torch.int64, device=z.device)
+    better = torch.gt if largest else torch.lt
+    keep2 = torch.maximum if largest else torch.minimum
+    lose2 = torch.minimum if largest else torch.maximum
+    for c0 in range(0, cols, tile):
+        c1 = min(cols, c0 + tile)
+        s = z @ mat[:, c0:c1]
+        if offset is not None:
+            s += offset[c0:c1]
+        if c1 - c0 >= 2:
+            val, ind = s.topk(2, dim=1, largest=largest, sorted=True)
+            t1, t2 = val[:, 0], val[:, 1]
+        else:
+            t1, ind, t2 = s[:, 0], torch.zeros(n, 1, dtype=torch.int64, device=z.device), None
+        win = better(t1, best)
+        loser = lose2(best, t1)
+        second = keep2(second, loser) if t2 is None else keep2(keep2(second, t2), loser)
+        idx = torch.where(win, ind[:, 0] + c0, idx)
+        best = torch.where(win, t1, best)
+    return idx, best, second
+
+
+def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
+                 largest: bool, tile: int, scale: torch.Tensor, tol: float,
+                 exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
+                                                       torch.Tensor | None]]
+                 ) -> torch.Tensor:
+    """``tiled_best`` indices, with rows whose two best scores are within ``tol * scale``
+    decided again from ``exact(rows)`` -> (z, mat, offset) in float64 (tiled, a few rows
+    at a time). ``tol = 0`` skips the check (float64 inputs)."""
+    idx, best, second = tiled_best(z, mat, offset, largest, tile)
+    if tol <= 0 or mat.shape[1] < 2:
+        return idx
+    amb = torch.nonzero((best - second).abs_() <= tol * scale).flatten()
+    if amb.numel():
+        z64, mat64, off64 = exact(amb)
+        rows = max(1, _SCORE_ELEMS // max(1, mat.shape[1]))
+        for r0 in range(0, amb.numel(), rows):
+            sub = slice(r0, r0 + rows)
+            idx[amb[sub]] = tiled_best(z64[sub], mat64, off64, largest, tile)[0]
+    return idx
+
+
+def decision_tol(dtype: torch.dtype, depth: int) -> float:
+    """Relative rounding bound of a dot product of length ``depth`` in ``dtype`` (0 for
+    float64: float64 decisions are taken as they come)."""
+    if dtype == _F64:
+        return 0.0
+    return (8.0 * math.sqrt(depth) + 8.0) * torch.finfo(dtype).eps

@@ -6,7 +6,6 @@ from typing import Any
 
 from ncollapse import validation as V
 from ncollapse.metrics.accumulator import NCAccumulator
-from ncollapse.metrics.kernels import _compute_dtype
 from ncollapse.metrics.result import NCMetrics
 
 __all__ = ["measure"]
@@ -21,14 +20,20 @@ def measure(
     num_classes: int | None = None,
     logits: Any = None,
     ncc_means: Any = None,
+    ood_features: Any = None,
+    tile_size: int | None = None,
+    per_class: bool = False,
 ) -> NCMetrics:
     """All neural-collapse metrics of in-memory features (N, d) with labels (N,).
 
     ``weight`` (C, d) and ``bias`` (C,) are the last layer; ``logits`` (N, C), when given,
     supply the classifier's decisions instead of argmax(W h + b). ``ncc_means`` (C, d) makes
     NC4 compare with these centres (e.g. training means on test data) instead of the data's own
-    class means. Computes on the features' device; float64 inputs are measured in float64,
-    others in float32 with float64 accumulation.
+    class means. ``ood_features`` (M, d): out-of-distribution features, for
+    ``ood_orthogonality``. ``tile_size``: classes per tile of the pairwise statistics and
+    decisions (memory; the results do not depend on it). ``per_class=True`` attaches
+    ``NCMetrics.per_class``. Computes on the features' device; float64 inputs are measured in
+    float64, others in float32 with float64 accumulation.
     """
     h = V.check_features(features)
     y = V.check_labels(labels, h.shape[0], h.device)
@@ -37,16 +42,11 @@ def measure(
     b = None if bias is None else V.as_tensor(bias, "bias")
     nm = None if ncc_means is None else V.as_tensor(ncc_means, "ncc_means")
     c = V.resolve_num_classes(num_classes, y, w, b, lg, nm)
-    V.check_label_range(y, c)
-    acc = NCAccumulator(num_classes=c, weight=w, bias=b, ncc_means=nm)
-    acc._track_scatter = False
-    acc._classify_pass1 = False
-    acc._local = True
-    h = h.to(dtype=_compute_dtype(h.dtype))
-    acc._init(h, None)
-    acc._ingest(h, y, None)  # inputs checked once above, for both passes
+    acc = NCAccumulator(num_classes=c, weight=w, bias=b, ncc_means=nm, second_pass=True,
+                        distributed=False, tile_size=tile_size, per_class=per_class)
+    acc.update(h, y)
+    if ood_features is not None:
+        acc.update_ood(ood_features)
     acc.begin_second_pass()
-    if lg is not None:
-        lg = V.check_logits(lg, h.shape[0], c, h.device)
-    acc._ingest(h, y, lg)
+    acc.update(h, y, lg)
     return acc.compute()

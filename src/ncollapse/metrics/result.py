@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
+
+from ncollapse.metrics.per_class import PerClassStats
 
 __all__ = ["NCMetrics", "nc1_unnormalized", "self_duality_unsquared", "equiangular_ordered_pairs"]
 
@@ -29,20 +31,28 @@ class NCMetrics:
     self_duality: float | None = None
     self_duality_etf_error: float | None = None
     ncc_mismatch: float | None = None
+    ncc_error: float | None = None
     accuracy: float | None = None
     bias_collapse: float | None = None
+    hyperspherical_energy_means: float | None = None
+    hyperspherical_energy_weights: float | None = None
+    hyperspherical_energy_var_means: float | None = None
+    hyperspherical_energy_var_weights: float | None = None
+    uniform_duality: float | None = None
+    ood_orthogonality: float | None = None
     num_classes: int = 0
     num_samples: int = 0
     dim: int = 0
+    per_class: PerClassStats | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """All fields as a plain dict (floats, ints and None only)."""
-        return asdict(self)
+        """All scalar fields as a plain dict (floats, ints and None only; not ``per_class``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_class"}
 
     @classmethod
     def field_names(cls) -> list[str]:
-        """Names of all fields, in order."""
-        return [f.name for f in fields(cls)]
+        """Names of the scalar fields, in order (not ``per_class``)."""
+        return [f.name for f in fields(cls) if f.name != "per_class"]
 
 
 def nc1_unnormalized(m: NCMetrics) -> float | None:

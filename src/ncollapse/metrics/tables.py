@@ -1,0 +1,164 @@
+"""Typed working tables: the classifier, the class-mean statistics, the frozen pass-2 tables.
+
+All are derived from the accumulator's state (deterministically) and never saved: a restored
+state rebuilds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ncollapse import validation as V
+from ncollapse.metrics.kernels import spectrum
+from ncollapse.metrics.pairwise import PairStats, pairwise_stats
+
+__all__ = ["Classifier", "MeanStats", "Pass2Tables", "mean_stats", "build_pass2"]
+
+_F64 = torch.float64
+
+
+@dataclass
+class Classifier:
+    """The last layer: W (C, d) and b (C,) in float64, W^T in the compute dtype."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    wt: torch.Tensor  # (d, C), compute dtype, a transposed row-major (C, d) copy
+    wmax: float  # max_c ||w_c||
+    _pairs: dict[bytes, PairStats] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, weight: torch.Tensor, bias: torch.Tensor | None, ct: torch.dtype
+             ) -> Classifier:
+        """From checked float64 weight and bias."""
+        return cls(weight, bias, weight.to(ct).contiguous().T,
+                   float(torch.linalg.vector_norm(weight, dim=1).max()))
+
+    def offsets(self, g: torch.Tensor) -> torch.Tensor:
+        """W g + b (float64) for a reference point g (float64)."""
+        t = self.weight @ g
+        return t if self.bias is None else t + self.bias
+
+    def pair_stats(self, sel: torch.Tensor | slice, tile: int) -> PairStats:
+        """Pairwise statistics of the rows ``sel`` (cached per selection)."""
+        key = b"all" if isinstance(sel, slice) else sel.cpu().numpy().tobytes()
+        if key not in self._pairs:
+            self._pairs[key] = pairwise_stats(self.weight[sel], tile)
+        return self._pairs[key]
+
+
+@dataclass
+class MeanStats:
+    """Class means and what depends on them alone (float64, present classes only)."""
+
+    present: torch.Tensor  # (cp,) ids of the classes with samples
+    sel: torch.Tensor | slice  # selects the present rows of a (C, ...) table
+    cp: int
+    n: torch.Tensor  # (cp,) counts
+    total: int
+    mu: torch.Tensor  # (cp, d) class means
+    mt: torch.Tensor  # (cp, d) centred class means mu_c - mu_G
+    mu_g: torch.Tensor  # (d,) global mean
+    pairs: PairStats  # of the rows of mt, with distances
+
+
+def mean_stats(shift: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, tile: int
+               ) -> MeanStats:
+    """Means from shifted sums; centred on the first present class's shift (no digits lost
+    to a large common offset)."""
+    present = torch.nonzero(counts > 0).flatten()
+    cp = int(present.numel())
+    V.require_two_classes(cp)
+    sel = slice(None) if cp == counts.shape[0] else present  # views when all are present
+    n = counts[sel].to(_F64)
+    total = int(counts.sum())
+    sh = shift[sel]
+    m = sums[sel] / n[:, None]
+    a = (sh - sh[0]) + m
+    a_g = (n[:, None] * a).sum(0) / total
+    mt = a - a_g
+    return MeanStats(present, sel, cp, n, total, sh + m, mt, sh[0] + a_g,
+                     pairwise_stats(mt, tile, distances=True))
+
+
+@dataclass
+class Pass2Tables:
+    """Everything pass 2 reads, frozen at ``begin_second_pass()``.
+
+    Pass 2 works with x = h - a_y, a = the class means rounded to the compute dtype
+    (``anchor``); e = mu - a is tiny and enters through exact per-class corrections. NC1 uses
+    proj = x V (V: right singular vectors of M~); nearest-centre scores over class tiles use
+    t = (h - g) V = proj + A_y with g = mu_G rounded, A = (a - g) V.
+    """
+
+    stats: MeanStats
+    pos: torch.Tensor  # (C,) position among the present classes, -1 if absent
+    anchor: torch.Tensor  # (C, d) compute dtype (absent rows zero)
+    mu: torch.Tensor  # (C, d) float64 (absent rows zero)
+    vt: torch.Tensor  # (k, d) compute dtype, V^T
+    inv_s: torch.Tensor  # (k,) compute dtype
+    s: torch.Tensor  # (k,) float64
+    s_drop: float
+    nc1_corr: torch.Tensor  # (C,) ||e_c V / s||^2
+    ss_corr: torch.Tensor  # (C,) ||e_c||^2
+    g: torch.Tensor  # (d,) compute dtype: mu_G rounded
+    radius: torch.Tensor | None  # (C,) compute dtype: ||proj|| below it => nearest is own
+    a_table: torch.Tensor | None  # (C, k) compute dtype: (a - g) V
+    su_t: torch.Tensor | None  # (k, cp) compute dtype: -2 (M~ V)^T
+    q: torch.Tensor | None  # (cp,) compute dtype: ||mu_c - g||^2
+    q64: torch.Tensor | None  # (cp,) float64: ||mt_c||^2
+    su_max: float
+    q_max: float
+    tol: float
+    mt_m2: torch.Tensor | None = None  # -2 M~^T (or -2 (nu - g)^T), float64, built on first use
+    # given centres nu (ncc_means)
+    nu_t: torch.Tensor | None = None  # (d, C) compute dtype: -2 (nu - g)^T
+    nu_q: torch.Tensor | None = None  # (C,) compute dtype: ||nu_c - g||^2
+    nu64: torch.Tensor | None = None  # (C, d) float64: nu - g
+    nu_max: float = 0.0
+
+
+def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
+                ncc_means: torch.Tensor | None, tol: float) -> Pass2Tables:
+    """The frozen tables for pass 2 from the pass-1 means (see ``Pass2Tables``); ``tol`` is
+    the relative rounding bound of the decisions (0: no float64 re-check)."""
+    dev, c = stats.mu.device, num_classes
+    d = stats.mu.shape[1]
+    v, s, s_drop = spectrum(stats.mt)
+    mu = torch.zeros(c, d, dtype=_F64, device=dev)
+    mu[stats.sel] = stats.mu
+    anchor = mu.to(ct)
+    e = mu - anchor.to(_F64)
+    ev = e @ v
+    pos = torch.full((c,), -1, dtype=torch.int64, device=dev)
+    pos[stats.sel] = torch.arange(stats.cp, device=dev)
+    g = stats.mu_g.to(ct)
+    g64 = g.to(_F64)
+    tab = Pass2Tables(
+        stats=stats, pos=pos, anchor=anchor, mu=mu, vt=v.T.to(ct).contiguous(),
+        inv_s=(1.0 / s).to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
+        ss_corr=(e * e).sum(1), g=g, radius=None, a_table=None, su_t=None, q=None, q64=None,
+        su_max=0.0, q_max=0.0, tol=tol)
+    if ncc_means is None:
+        rho = stats.pairs.nearest_sq.sqrt()
+        radius = torch.zeros(c, dtype=_F64, device=dev)
+        radius[stats.sel] = 0.5 * (1 - 1e-3) * rho - 2.0 * s_drop - ev[stats.sel].norm(dim=1)
+        su = stats.mt @ v  # (cp, k)
+        tab.radius = radius.to(ct)
+        tab.a_table = ((anchor.to(_F64) - g64) @ v).to(ct)
+        tab.su_t = (-2.0 * su).to(ct).contiguous().T
+        dg = stats.mt + (stats.mu_g - g64)
+        tab.q = (dg * dg).sum(1).to(ct)
+        tab.q64 = (stats.mt * stats.mt).sum(1)
+        tab.su_max = float(torch.linalg.vector_norm(su, dim=1).max())
+        tab.q_max = float(tab.q.abs().max())
+    else:
+        nu = ncc_means - g64
+        tab.nu64 = nu
+        tab.nu_t = (-2.0 * nu).to(ct).contiguous().T
+        tab.nu_q = (nu * nu).sum(1).to(ct)
+        tab.nu_max = float(torch.linalg.vector_norm(nu, dim=1).max())
+        tab.q_max = float(tab.nu_q.abs().max())
+    return tab

@@ -1,0 +1,221 @@
+"""Folding one validated batch into the accumulator's state: pass 1 and pass 2 kernels.
+
+Pass 1 adds, per class, the float64 sums of h - s_y (s_y: the class shift, one of its own
+samples) and optionally the centred sums of squares (Chan) and the d x d scatter. Pass 2 reads
+the frozen ``Pass2Tables`` and adds, per chunk of rows, the NC1 projections, the within-class
+sums of squares, and the nearest-centre and classifier decisions (over class tiles, exact).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ncollapse import validation as V
+from ncollapse.metrics.kernels import bulk_rows, checked_best, chunk_rows, class_tile, gather_sub
+from ncollapse.metrics.tables import Classifier, Pass2Tables
+
+__all__ = ["update_pass1", "update_pass2", "update_ood", "classify"]
+
+_F64 = torch.float64
+
+
+def classify(clf: Classifier, hc: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+             beta_max: float, tol: float, tile: int | None) -> torch.Tensor:
+    """argmax_c (w_c.h + b_c) per row, as (h - g).w_c + beta_c with beta = W g + b (compute
+    dtype), over class tiles; rows within rounding of a tie are decided in float64."""
+    z = hc - g
+    scale = beta_max + clf.wmax * torch.linalg.vector_norm(z, dim=1)
+    g64 = g.to(_F64)
+
+    def exact(rows: torch.Tensor):
+        return hc[rows].to(_F64) - g64, clf.weight.T, clf.offsets(g64)
+
+    c = clf.weight.shape[0]
+    return checked_best(z, clf.wt, beta, True, class_tile(z.shape[0], c, tile), scale, tol,
+                        exact)
+
+
+def update_pass1(st: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor,
+                 decide, track: bool, full: bool) -> None:
+    """Fold a batch into the pass-1 state ``st``; ``decide(rows, chunk_labels)`` (optional)
+    returns the classifier decisions of a chunk, counted into ``correct``/``decided``."""
+    c, (n, d) = st["counts"].shape[0], h.shape
+    shift, seen = st["shift"], st["seen"]
+    bc = torch.bincount(y, minlength=c)
+    new = (bc > 0) & ~seen
+    if bool(new.any()):
+        first = torch.full((c,), n, dtype=torch.int64, device=h.device)
+        first.scatter_reduce_(0, y, torch.arange(n, device=h.device), reduce="amin")
+        cls = torch.nonzero(new).flatten()
+        rows = h[first[cls]]
+        if not bool(torch.isfinite(rows).all()):
+            V.report_nonfinite(h, "features")
+        shift[cls] = rows.to(_F64)
+        seen |= new
+    step = chunk_rows(d)
+    chan = track or full
+    # Few classes, nothing else to do: float32 differences summed in float32 per slot of
+    # ``step`` rows (a few dozen terms per class), the slots then summed in float64.
+    fast = not chan and decide is None and h.dtype == torch.float32 and c * 16 <= step
+    if fast:
+        shift_ct = shift.to(h.dtype)
+        big = bulk_rows(d, step, n)
+        nslot = -(-big // step)
+        part = torch.zeros(nslot * c, d, dtype=h.dtype, device=h.device)
+        slot_of = torch.arange(big, device=h.device).div_(step, rounding_mode="floor").mul_(c)
+        for i in range(0, n, big):
+            yc = y[i:i + big]
+            part.index_add_(0, torch.add(slot_of[:yc.shape[0]], yc),
+                            gather_sub(h[i:i + big], shift_ct, yc))
+            st["sums"] += part.view(nslot, c, d).sum(0, dtype=_F64)
+            if i + big < n:
+                part.zero_()
+    for i in range(0, 0 if fast else n, step):
+        hc, yc = h[i:i + step], y[i:i + step]
+        dl = gather_sub(hc, shift, yc)  # float64, exact for float32 inputs
+        if chan:
+            _chan_update(st, dl, yc)
+        else:
+            st["sums"].index_add_(0, yc, dl)
+        if decide is not None:
+            pred = decide(slice(i, i + step), hc)
+            if pred is not None:
+                st["correct"] += (pred == yc).sum()
+                st["decided"] += yc.numel()
+    if not chan:
+        st["counts"] += bc
+    if not bool(torch.isfinite(st["sums"][bc > 0]).all()):
+        V.report_nonfinite(h, "features")
+
+
+def _chan_update(st: dict[str, torch.Tensor], dl: torch.Tensor, yc: torch.Tensor) -> None:
+    """Merge a chunk's per-class sums and centred second moments (Chan et al.)."""
+    cls, inv = torch.unique(yc, return_inverse=True)
+    k = cls.numel()
+    nb = torch.bincount(inv, minlength=k).to(_F64)
+    sb = torch.zeros(k, dl.shape[1], dtype=_F64, device=dl.device).index_add_(0, inv, dl)
+    mb = sb / nb[:, None]
+    dev = dl - mb[inv]
+    na = st["counts"][cls].to(_F64)
+    ma = st["sums"][cls] / na.clamp(min=1.0)[:, None]
+    wgt = na * nb / (na + nb)
+    delta = ma - mb
+    if "ss" in st:
+        ssb = torch.zeros(k, dtype=_F64, device=dl.device).index_add_(0, inv,
+                                                                      (dev * dev).sum(1))
+        st["ss"][cls] += ssb + wgt * (delta * delta).sum(1)
+    if "scatter" in st:
+        st["scatter"] += dev.T @ dev + (delta * wgt[:, None]).T @ delta
+    st["sums"][cls] += sb
+    st["counts"][cls] += nb.to(torch.int64)
+
+
+def update_ood(st: dict[str, torch.Tensor], h: torch.Tensor) -> None:
+    """Fold out-of-distribution features into the one-row ``ood_*`` group (float64 sums)."""
+    if not bool(st["ood_seen"][0]):
+        if not bool(torch.isfinite(h[0]).all()):
+            V.report_nonfinite(h, "ood_features")
+        st["ood_shift"][0] = h[0].to(_F64)
+        st["ood_seen"][0] = True
+    step = chunk_rows(h.shape[1])
+    acc = torch.zeros(h.shape[1], dtype=_F64, device=h.device)
+    for i in range(0, h.shape[0], step):
+        acc += (h[i:i + step].to(_F64) - st["ood_shift"][0]).sum(0)
+    if not bool(torch.isfinite(acc).all()):
+        V.report_nonfinite(h, "ood_features")
+    st["ood_sums"][0] += acc
+    st["ood_counts"][0] += h.shape[0]
+
+
+def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
+                 y: torch.Tensor, lg: torch.Tensor | None, clf: Classifier | None,
+                 tile: int | None) -> None:
+    """Fold a batch (the same data as pass 1) into the pass-2 state ``st``."""
+    counts = torch.bincount(y, minlength=tab.pos.shape[0])
+    if bool(counts[tab.pos < 0].any()):
+        first = int(torch.nonzero(tab.pos[y] < 0)[0, 0])
+        raise ValueError(
+            f"pass 2 got label {int(y[first])} (index {first}), a class that had no samples "
+            f"in pass 1; pass 2 must see the same data as pass 1"
+        )
+    use_w = clf is not None and lg is None
+    classify_on = use_w or lg is not None
+    n, d = h.shape
+    cp = tab.stats.cp
+    width = tab.vt.shape[0] + (cp if use_w else 0)
+    step = chunk_rows(d, width)
+    if width < 64:
+        step = bulk_rows(d, step, n)
+    beta = beta_max = None
+    if use_w:
+        beta64 = clf.offsets(tab.g.to(_F64))
+        beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
+    nc1 = torch.zeros_like(st["nc1"])
+    ss = torch.zeros_like(st["ss"])
+    wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
+                                for _ in range(3))
+    for i in range(0, n, step):
+        hc, yc = h[i:i + step], y[i:i + step]
+        x = gather_sub(hc, tab.anchor, yc)
+        xn = torch.linalg.vector_norm(x, dim=1)
+        proj = x @ tab.vt.T
+        nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
+        ss.index_add_(0, yc, xn.to(_F64).square_())
+        ncc = _ncc(tab, hc, yc, proj, xn, tile)
+        wrong += (ncc != yc).sum()
+        if not classify_on:
+            continue
+        if use_w:
+            pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile)
+        else:
+            pred = lg[i:i + step].argmax(1)
+        mismatch += (pred != ncc).sum()
+        correct += (pred == yc).sum()
+    if not bool(torch.isfinite(nc1).all()) or not bool(torch.isfinite(ss).all()):
+        V.report_nonfinite(h, "features")
+    st["nc1"] += nc1
+    st["ss"] += ss
+    st["counts"] += counts
+    st["ncc_wrong"] += wrong
+    if classify_on:
+        st["mismatch"] += mismatch
+        st["correct"] += correct
+        st["compared"] += n
+        st["decided"] += n
+
+
+def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tensor,
+         xn: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """Nearest-class-centre decisions (class ids) of a chunk, exact."""
+    if tab.nu_t is not None:
+        g64 = tab.g.to(_F64)  # given centres: scores ||nu_c - g||^2 - 2 (h - g).(nu_c - g)
+        z = hc - tab.g
+        scale = tab.q_max + 2.0 * tab.nu_max * torch.linalg.vector_norm(z, dim=1)
+
+        def exact_nu(rows: torch.Tensor):
+            if tab.mt_m2 is None:
+                tab.mt_m2 = -2.0 * tab.nu64.T
+            return hc[rows].to(_F64) - g64, tab.mt_m2, (tab.nu64 * tab.nu64).sum(1)
+
+        return checked_best(z, tab.nu_t, tab.nu_q, False,
+                            class_tile(z.shape[0], tab.nu_t.shape[1], tile), scale, tab.tol,
+                            exact_nu)
+    pred = yc.clone()
+    pn = torch.linalg.vector_norm(proj, dim=1)
+    unc = torch.nonzero(pn >= torch.index_select(tab.radius, 0, yc)).flatten()
+    if unc.numel():
+        hu, yu = hc[unc], yc[unc]
+        t = proj[unc] + torch.index_select(tab.a_table, 0, yu)
+        scale = (tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
+                 + 2.0 * tab.s_drop * xn[unc] / max(tab.tol, 1e-300))
+
+        def exact(rows: torch.Tensor):
+            if tab.mt_m2 is None:
+                tab.mt_m2 = -2.0 * tab.stats.mt.T
+            return hu[rows].to(_F64) - tab.stats.mu_g, tab.mt_m2, tab.q64
+
+        idx = checked_best(t, tab.su_t, tab.q, False,
+                           class_tile(t.shape[0], tab.su_t.shape[1], tile), scale, tab.tol,
+                           exact)
+        pred[unc] = tab.stats.present[idx]
+    return pred
