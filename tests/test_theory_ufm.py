@@ -299,3 +299,122 @@ def test_cli_mse_variants(tmp_path, capsys):
     assert _cli(tmp_path, "--loss", "mse", "--no-bias", "--lambda-b", "0.1",
                 "--no-figures") is None
     assert "--lambda-b has no effect" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- MSE with bias
+
+
+def _mse_reference(w, h, b, labels, c, lw, lh, lb):
+    """Independent evaluation of the MSE UFM objective with bias, sample by sample."""
+    n_total = len(labels)
+    total = 0.0
+    for i, y in enumerate(labels):
+        r = w @ h[i] + b
+        r[y] -= 1.0
+        total += r @ r
+    return (total / (2 * n_total) + lw / (2 * c) * np.sum(w**2)
+            + lh / (2 * n_total) * np.sum(h**2) + lb / (2 * c) * np.sum(b**2))
+
+
+def _convex_value(c, lw, lh, lb):
+    """The convex problem of docs/theory/ufm.md §4 step 1, solved by cvxpy (nuclear norm)."""
+    import cvxpy as cp
+
+    z = cp.Variable((c, c))
+    b = cp.Variable((1, c))
+    s = math.sqrt(lw * lh)
+    obj = (cp.sum_squares(z + np.ones((c, 1)) @ b - np.eye(c)) + 2 * s * cp.normNuc(z)
+           + lb * cp.sum_squares(b))
+    prob = cp.Problem(cp.Minimize(obj))
+    prob.solve(solver=cp.CLARABEL)
+    return prob.value / (2 * c)
+
+
+MSE_BIAS_GRID = [
+    # C, n, d, lambda_w, lambda_h, lambda_b
+    (5, 4, 6, 0.03, 0.05, 0.0),    # the issue's example
+    (4, 3, 3, 0.1, 0.02, 0.0),     # d = C - 1
+    (4, 3, 5, 0.05, 0.05, 0.02),   # lambda_b > 0, s >= s_b: the bias shrinks
+    (4, 3, 5, 0.05, 0.05, 2.0),    # lambda_b > 0, s < s_b: the features carry the mean output
+    (3, 2, 4, 1.5, 1.0, 0.0),      # s > 1: W = H = 0, b = 1/C
+]
+
+
+@pytest.mark.parametrize("c,n,d,lw,lh,lb", MSE_BIAS_GRID)
+def test_mse_bias_closed_form_against_independent_solves(c, n, d, lw, lh, lb):
+    cf = ufm.mse_bias_closed_form(c, n, d, lw, lh, lb)
+    assert abs(cf.objective - _convex_value(c, lw, lh, lb)) < 1e-7
+    labels = np.repeat(np.arange(c), n)
+
+    def f(x):
+        w = x[: c * d].reshape(c, d)
+        h = x[c * d: c * d + c * n * d].reshape(c * n, d)
+        return _mse_reference(w, h, x[c * d + c * n * d:], labels, c, lw, lh, lb)
+
+    x = np.concatenate([cf.weight.ravel(), cf.features.ravel(), cf.bias])
+    assert f(x) == pytest.approx(cf.objective, abs=1e-14)
+    eps = 1e-6
+    grad = [(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(len(x))]
+    assert np.abs(grad).max() < 1e-8
+    p = ufm.UFMProblem(c, n, d, loss="mse", bias=True, lambda_w=lw, lambda_h=lh, lambda_b=lb)
+    assert ufm.closed_form(p).objective == cf.objective
+    sol = ufm.solve(p, seeds=(0, 1))
+    assert abs(sol.objective - cf.objective) < 1e-9
+    cmp = ufm.compare(sol, cf)
+    assert cmp["weight_gram_error"] < 1e-6 and cmp["bias_error"] < 1e-6
+    s = math.sqrt(lw * lh)
+    if lb == 0 and s < 1:
+        assert cf.objective == pytest.approx((c - 1) * (1 - (1 - s) ** 2) / (2 * c), rel=1e-15)
+        m = ncollapse.measure(sol.features, labels, weight=sol.weight, bias=sol.bias)
+        assert m.etf_error_weights < 1e-6 and m.self_duality < 1e-10 and m.nc1 < 1e-10
+
+
+def test_mse_bias_closed_form_below_c_minus_1_dims():
+    """d < C−1: only the value is closed-form; an independent BFGS on the test's objective."""
+    from scipy.optimize import minimize
+
+    c, n, d, lw, lh = 5, 2, 2, 0.03, 0.05
+    cf = ufm.mse_bias_closed_form(c, n, d, lw, lh, 0.0)
+    assert cf.weight is None
+    labels = np.repeat(np.arange(c), n)
+
+    def f(x):
+        w = x[: c * d].reshape(c, d)
+        h = x[c * d: c * d + c * n * d].reshape(c * n, d)
+        return _mse_reference(w, h, x[c * d + c * n * d:], labels, c, lw, lh, 0.0)
+
+    rng = np.random.default_rng(0)
+    best = min(minimize(f, rng.standard_normal(c * d + c * n * d + c), method="BFGS",
+                        options={"gtol": 1e-10}).fun for _ in range(4))
+    assert abs(best - cf.objective) < 1e-8
+
+
+@pytest.mark.filterwarnings("ignore:feature dimension d = 3 is smaller")
+def test_mse_below_c_dims_reports_the_mean_norms(tmp_path):
+    """Bias-free MSE with d < C: mean ‖w_c‖² is ρ_w·d/C, not the d ≥ C value ρ_w."""
+    c, n, d, lw, lh = 5, 4, 3, 0.03, 0.05
+    s = math.sqrt(lw * lh)
+    rho_w, rho_h = (1 - s) * math.sqrt(lh / lw), (1 - s) * math.sqrt(lw / lh)
+    cf = ufm.mse_closed_form(c, n, d, lw, lh)
+    assert cf.weight_sq_norm == pytest.approx(rho_w * d / c, rel=1e-14)
+    assert cf.feature_sq_norm == pytest.approx(rho_h * d / c, rel=1e-14)
+    out = _cli(tmp_path, "--loss", "mse", "--classes", str(c), "--per-class", str(n),
+               "--dim", str(d), "--lambda-w", str(lw), "--lambda-h", str(lh), "--no-figures",
+               "--sweep-points", "0")
+    assert out["closed_form"]["weight_sq_norm"] == pytest.approx(rho_w * d / c, rel=1e-14)
+    assert out["comparison"]["weight_sq_norm"] == pytest.approx(rho_w * d / c, rel=1e-7)
+    assert out["comparison"]["feature_sq_norm"] == pytest.approx(rho_h * d / c, rel=1e-7)
+
+
+def test_cli_mse_bias_weight_decay_and_sweep_without_figures(tmp_path):
+    out = _cli(tmp_path, "--loss", "mse", "--bias", "--classes", "5", "--per-class", "4",
+               "--dim", "6", "--lambda-w", "0.03", "--lambda-h", "0.05", "--no-figures",
+               "--sweep-points", "4")
+    s = math.sqrt(0.03 * 0.05)
+    assert out["lambda_b"] == 0.0
+    assert out["closed_form_objective"] == pytest.approx(4 * (1 - (1 - s) ** 2) / 10, rel=1e-15)
+    assert abs(out["objective"] - out["closed_form_objective"]) < 1e-12
+    assert out["comparison"]["bias_error"] < 1e-6
+    assert out["figures"] == [] and len(out["sweep"]) == 4  # the sweep runs without figures
+    for row in out["sweep"]:
+        assert abs(row["objective"] - row["closed_form_objective"]) < 1e-9

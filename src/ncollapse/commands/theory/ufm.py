@@ -125,7 +125,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_figures:
         from ncollapse.theory import figures as theory_figures  # matplotlib: only when drawing
 
-        name = f"theory-ufm-{p.loss}{'-bias' if p.bias else '-nobias'}.png"
+        variant = "-nobias" if not p.bias else ("-bias" if flow or p.loss == "ce" else "-bias-wd")
+        name = f"theory-ufm-{p.loss}{variant}.png"
         figures[name] = theory_figures.ufm_figure(p, sol, cf, ufm.iterate_trace(sol), rows,
                                                   model_name(p))
     return {
