@@ -18,16 +18,26 @@ def _np(x):
     return np.asarray(x)
 
 
-def _nc2(x: np.ndarray) -> tuple[float, float | None, float, float]:
+def _pairs(c: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(c, 1)
+
+
+def _nc2(x: np.ndarray) -> tuple[float, float | None, float, float, float, float]:
+    """Equinorm, equiangularity, max-angle, ETF error, log-energy mean and variance."""
     c = x.shape[0]
     norms = np.sqrt((x * x).sum(1))
     equinorm = norms.std(ddof=1) / norms.mean()
-    cos = np.array([[x[i] @ x[j] / (norms[i] * norms[j]) for j in range(c)] for i in range(c)])
-    pairs = np.array([cos[i, j] for i in range(c) for j in range(i + 1, c)])
+    u = x / norms[:, None]
+    cos = u @ u.T
+    i, j = _pairs(c)
+    pairs = cos[i, j]
     equiang = pairs.std(ddof=1) if pairs.size > 1 else None
     maxangle = np.abs(pairs + 1.0 / (c - 1)).mean()
+    dist = np.sqrt(np.maximum(((u * u).sum(1)[i] + (u * u).sum(1)[j] - 2.0 * pairs), 0.0))
+    with np.errstate(divide="ignore"):
+        energy = np.log(1.0 / dist)
     return float(equinorm), None if equiang is None else float(equiang), float(maxangle), \
-        etf_gram_error(x @ x.T)
+        etf_gram_error(x @ x.T), float(energy.mean()), float(energy.var())
 
 
 def etf_gram_error(g: np.ndarray) -> float:
@@ -36,8 +46,15 @@ def etf_gram_error(g: np.ndarray) -> float:
     return float(np.linalg.norm(g / np.linalg.norm(g) - target))
 
 
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances between the rows of a and b; explicit differences when small."""
+    if a.shape[0] * b.shape[0] * a.shape[1] <= 1 << 22:
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
 def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc_means=None,
-                      num_classes=None) -> dict:
+                      num_classes=None, ood_features=None) -> dict:
     """All metrics as a dict, computed in float64 on the upcast inputs."""
     h = _np(features).astype(np.float64)
     y = _np(labels).astype(np.int64)
@@ -48,11 +65,15 @@ def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc
     n, d = h.shape
     present = np.unique(y)
     cp = present.size
-    means = np.stack([h[y == c].mean(0) for c in present])
+    idx = np.full(present.max() + 1, -1)
+    idx[present] = np.arange(cp)
+    yi = idx[y]
+    counts = np.bincount(yi, minlength=cp)
+    means = np.zeros((cp, d))
+    np.add.at(means, yi, h)
+    means /= counts[:, None]
     mu_g = h.mean(0)
     mt = means - mu_g
-    idx = {c: i for i, c in enumerate(present)}
-    yi = np.array([idx[c] for c in y])
     r = h - means[yi]
     sigma_w = r.T @ r / n
     sigma_b = mt.T @ mt / cp
@@ -65,24 +86,35 @@ def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc
     out: dict = {"num_classes": cp, "num_samples": n, "dim": d}
     out["nc1"] = float(np.trace(sigma_w @ pinv) / cp)
     out["nc1_trace_ratio"] = float(np.trace(sigma_w) / np.trace(sigma_b))
-    var = np.array([((r[yi == i]) ** 2).sum(1).mean() for i in range(cp)])
-    cd = [(var[i] + var[j]) / (2 * ((means[i] - means[j]) ** 2).sum())
-          for i in range(cp) for j in range(i + 1, cp)]
-    out["cdnv"] = float(np.mean(cd))
+    var = np.bincount(yi, weights=(r * r).sum(1), minlength=cp) / counts
+    i, j = _pairs(cp)
+    dm = _sqdist(means, means)
+    out["cdnv"] = float(np.mean((var[i] + var[j]) / (2 * dm[i, j])))
     (out["equinorm_means"], out["equiangular_means"], out["maxangle_means"],
-     out["etf_error_means"]) = _nc2(mt)
+     out["etf_error_means"], out["hyperspherical_energy_means"],
+     out["hyperspherical_energy_var_means"]) = _nc2(mt)
     keys_w = ["equinorm_weights", "equiangular_weights", "maxangle_weights",
-              "etf_error_weights", "self_duality", "self_duality_etf_error", "bias_collapse"]
+              "etf_error_weights", "self_duality", "self_duality_etf_error", "bias_collapse",
+              "hyperspherical_energy_weights", "hyperspherical_energy_var_weights",
+              "uniform_duality"]
     for key in keys_w:
         out[key] = None
     if w is not None:
         wp = w[present]
         (out["equinorm_weights"], out["equiangular_weights"], out["maxangle_weights"],
-         out["etf_error_weights"]) = _nc2(wp)
+         out["etf_error_weights"], out["hyperspherical_energy_weights"],
+         out["hyperspherical_energy_var_weights"]) = _nc2(wp)
         out["self_duality"] = float(
             (np.linalg.norm(wp / np.linalg.norm(wp) - mt / np.linalg.norm(mt))) ** 2)
         out["self_duality_etf_error"] = etf_gram_error(wp @ mt.T)
         out["bias_collapse"] = float(np.linalg.norm(w @ mu_g + (0 if b is None else b)))
+        cos = (wp * mt).sum(1) / (np.linalg.norm(wp, axis=1) * np.linalg.norm(mt, axis=1))
+        out["uniform_duality"] = float(cos.std(ddof=1) / cos.mean())
+    out["ood_orthogonality"] = None
+    if ood_features is not None:
+        dv = _np(ood_features).astype(np.float64).mean(0) - mu_g
+        cos = mt @ dv / (np.linalg.norm(mt, axis=1) * np.linalg.norm(dv))
+        out["ood_orthogonality"] = float(np.abs(cos).mean())
     # classifier decisions
     pred = None
     if lg is not None:
@@ -90,11 +122,13 @@ def reference_metrics(features, labels, weight=None, bias=None, logits=None, ncc
     elif w is not None:
         pred = (h @ w.T + (0 if b is None else b)).argmax(1)
     out["accuracy"] = None if pred is None else float((pred == y).mean())
-    # nearest class centre by explicit distances
+    # nearest class centre by explicit distances (in chunks of samples)
     centres = means if nu is None else nu
-    dist = np.stack([((h - m) ** 2).sum(1) for m in centres], axis=1)
-    ncc = present[dist.argmin(1)] if nu is None else dist.argmin(1)
+    ncc = np.concatenate([_sqdist(h[s:s + 512], centres).argmin(1)
+                          for s in range(0, n, 512)])
+    ncc = present[ncc] if nu is None else ncc
     out["ncc_mismatch"] = None if pred is None else float((pred != ncc).mean())
+    out["ncc_error"] = float((ncc != y).mean())
     return out
 
 

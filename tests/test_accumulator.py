@@ -229,3 +229,115 @@ def test_pass_two_rejects_new_class_and_failed_update_poisons():
         acc2.update(hb[100:], y[100:])
     with pytest.raises(RuntimeError, match=r"call reset\(\)"):
         acc2.compute()
+
+
+# ----------------------------------------------------------------------------- bug fixes
+
+
+def test_merge_rejects_other_objects_with_type_error():
+    acc = NCAccumulator(num_classes=3)
+    for bad in (object(), None, {"counts": 1}):
+        with pytest.raises(TypeError, match=r"merge\(\) takes an NCAccumulator, got"):
+            acc.merge(bad)
+
+
+def test_pass_two_update_after_compute_is_refused():
+    """A pass-2 update() after compute() would count samples twice (under DDP the state
+    already holds every rank's data): it is an error, not a later count mismatch."""
+    h, y, w, b = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3, weight=w, bias=b)
+    acc.update(h, y)
+    acc.begin_second_pass()
+    acc.update(h, y)
+    first = acc.compute().to_dict()
+    with pytest.raises(RuntimeError, match=r"update\(\) after compute\(\) or sync\(\) in pass 2"):
+        acc.update(h[:10], y[:10])
+    assert acc.compute().to_dict() == first  # the refused batch left no trace
+    synced = NCAccumulator(num_classes=3)
+    synced.update(h, y)
+    synced.begin_second_pass()
+    synced.update(h, y)
+    synced.sync()
+    with pytest.raises(RuntimeError, match=r"pass 2 is closed"):
+        synced.update(h, y)
+
+
+def test_pass_one_update_after_compute_keeps_streaming():
+    h, y, _, _ = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3)
+    acc.update(h[:100], y[:100])
+    acc.compute()
+    acc.update(h[100:], y[100:])
+    assert acc.compute().num_samples == 300
+
+
+def test_load_state_dict_refuses_another_classifier():
+    h, y, w, b = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3, weight=w, bias=b)
+    acc.update(h, y)
+    state = acc.state_dict()
+    other = w.copy()
+    other[1, 2] += 1e-3
+    with pytest.raises(ValueError, match=r"state was saved with a different weight .* same "
+                                         r"weight, bias and ncc_means"):
+        NCAccumulator(num_classes=3, weight=other, bias=b).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"different weight \(shape 3x8"):
+        NCAccumulator(num_classes=4, weight=np.vstack([w, w[:1]])).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"different bias"):
+        NCAccumulator(num_classes=3, weight=w).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"different weight \(shape 3x8.* \(none\)"):
+        NCAccumulator(num_classes=3).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"cannot merge an accumulator made with a different "
+                                         r"weight"):
+        NCAccumulator(num_classes=3, weight=other, bias=b).merge(acc)
+    same = NCAccumulator(num_classes=3, weight=torch.from_numpy(w), bias=b)  # any array type
+    same.load_state_dict(state)
+    assert same.compute().to_dict() == acc.compute().to_dict()
+
+
+def test_load_state_dict_checks_saved_tensors():
+    h, y, _, _ = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3)
+    acc.update(h, y)
+    state = acc.state_dict()
+    state["state"]["sums"] = state["state"]["sums"][:, :5]
+    with pytest.raises(ValueError, match=r"saved state tensor 'sums' has shape \(3, 5\), "
+                                         r"expected \(3, 8\)"):
+        NCAccumulator(num_classes=3).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"saved with options"):
+        NCAccumulator(num_classes=3, full_covariance=True).load_state_dict(acc.state_dict())
+
+
+def test_state_is_declared_once():
+    """reset, state_dict and merge cover exactly the tensors of the declared table."""
+    from ncollapse.metrics import state as S
+
+    h, y, w, b = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3, weight=w, bias=b, full_covariance=True)
+    acc.update(h, y)
+    names = {s.name for s in S.enabled(S.PASS1, acc._options)}
+    assert set(acc.state_dict()["state"]) == names
+    acc.begin_second_pass()
+    assert set(acc.state_dict()["pass2"]) == {s.name for s in S.PASS2}
+
+
+# ----------------------------------------------------------------------------- OOD features
+
+
+def test_update_ood_matches_one_shot_and_reference():
+    h, y, w, b = synthetic(600, 10, 4, 0.4, seed=8, offset=20.0)
+    ood = np.random.default_rng(5).standard_normal((150, 10)) + 20.5
+    ref = reference_metrics(h, y, w, b, ood_features=ood)
+    one = measure(h, y, weight=w, bias=b, ood_features=ood).to_dict()
+    assert_matches(one, ref, 1e-9)
+    parts = [NCAccumulator(num_classes=4, weight=w, bias=b) for _ in range(2)]
+    parts[0].update(h[:200], y[:200])
+    parts[0].update_ood(ood[:40])
+    parts[1].update(h[200:], y[200:])
+    parts[1].update_ood(ood[40:])
+    parts[0].merge(parts[1])
+    parts[0].begin_second_pass()
+    parts[0].update(h, y)
+    assert_matches(parts[0].compute().to_dict(), ref, 1e-9)
+    with pytest.raises(RuntimeError, match=r"update_ood\(\) in pass 2"):
+        parts[0].update_ood(ood)

@@ -2,7 +2,8 @@
 
 Each rank holds a different shard (unequal sizes; rank 0 lacks class 3, rank 1 class 2) and runs
 pass 1 -> sync -> begin_second_pass -> pass 2 -> sync -> compute. Both ranks must report
-exactly what ncollapse.measure reports on the concatenated data (rel. 1e-9, float64).
+exactly what ncollapse.measure reports on the concatenated data (rel. 1e-9, float64), and a
+pass-2 update() after compute() must be refused (it would count data twice).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ncollapse import NCAccumulator
 
 rank, out = int(sys.argv[1]), sys.argv[2]
 sys.path.insert(0, sys.argv[3])
-from test_distributed import make_data, make_model, shard
+from test_distributed import make_data, make_model, make_ood, shard
 
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[4]}", rank=rank,
                         world_size=2)
@@ -44,6 +45,7 @@ try:
     for k in range(0, len(y), 10):  # several batches per rank
         acc.update(torch.from_numpy(h[k:k + 10]), torch.from_numpy(y[k:k + 10]),
                    torch.from_numpy(logits[k:k + 10]))
+    acc.update_ood(torch.from_numpy(make_ood()[rank::2]))  # unequal shards of OOD features
     acc.sync()
     acc.begin_second_pass()
     for k in range(0, len(y), 7):
@@ -51,6 +53,14 @@ try:
                    torch.from_numpy(logits[k:k + 7]))
     acc.sync()
     result = acc.compute(weight=weight, bias=bias).to_dict()
+    # a pass-2 update after compute() (which synced) would count this rank's data twice
+    try:
+        acc.update(torch.from_numpy(h[:5]), torch.from_numpy(y[:5]))
+        result["late_update"] = "accepted"
+    except RuntimeError as exc:
+        result["late_update"] = str(exc)
+    assert acc.compute(weight=weight, bias=bias).to_dict() == {
+        k: v for k, v in result.items() if k != "late_update"}
     # measure_model on each rank's shard: rank 0 re-runs the model in pass 2, rank 1 replays
     # its cache; both must report the metrics of the whole data set.
     from torch.utils.data import DataLoader, TensorDataset
@@ -79,6 +89,11 @@ def make_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     weight = rng.standard_normal((C, D))
     bias = rng.standard_normal(C)
     return feats, labels, weight, bias
+
+
+def make_ood() -> np.ndarray:
+    """Out-of-distribution features (float64), offset differently from the classes."""
+    return np.random.default_rng(7).standard_normal((9, D)) + 97.0
 
 
 def make_model() -> torch.nn.Module:
@@ -124,7 +139,8 @@ def test_sync_across_two_processes_matches_one_shot(tmp_path: Path) -> None:
     for r, p in enumerate(procs):
         assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{logs[r]}"
     want = measure(feats, labels, weight=weight, bias=bias, logits=feats @ weight.T + bias,
-                   num_classes=C).to_dict()
+                   num_classes=C, ood_features=make_ood()).to_dict()
+    assert want["ood_orthogonality"] is not None
     model = make_model()
     with torch.no_grad():
         x = torch.from_numpy(feats)
@@ -134,11 +150,14 @@ def test_sync_across_two_processes_matches_one_shot(tmp_path: Path) -> None:
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert "error" not in got, f"rank {r} failed:\n{got['error']}"
         got_model = got.pop("model")
+        late = got.pop("late_update")
+        assert "update() after compute() or sync() in pass 2" in late, (
+            f"rank {r}: a pass-2 update after compute() under DDP was not refused: {late}")
         for k, v in want_model.items():
             if v is None:
                 assert got_model[k] is None, f"rank {r}: measure_model {k}"
             else:
-                assert got_model[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (
+                assert got_model[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), (
                     f"rank {r}: distributed measure_model {k} = {got_model[k]!r}, one-shot {v!r}"
                 )
         assert got.keys() == want.keys()
@@ -147,7 +166,7 @@ def test_sync_across_two_processes_matches_one_shot(tmp_path: Path) -> None:
                 assert got[k] is None, f"rank {r}: {k} should be None after sync, got {got[k]}"
             else:
                 assert got[k] is not None, f"rank {r}: {k} missing after sync"
-                assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), (
+                assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True), (
                     f"NCAccumulator.sync() bug: rank {r} {k} = {got[k]!r}, one-shot measure on "
                     f"the concatenated shards = {v!r}"
                 )
