@@ -32,3 +32,17 @@ def test_user_error_is_one_line_without_traceback(tmp_path, capsys):
     assert cli.main(["measure", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ncollapse measure: error:") and "Traceback" not in err
+
+
+def test_missing_optional_extra_is_one_line(monkeypatch, capsys):
+    # an integration whose extra is not installed raises ImportError naming the pip command
+    import ncollapse.commands.measure as measure_cmd
+
+    def needs_extra(_args):
+        raise ImportError("tensorboard is not installed; pip install 'ncollapse[tensorboard]'")
+
+    monkeypatch.setattr(measure_cmd, "run", needs_extra)
+    assert cli.main(["measure", "--example"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("ncollapse measure: error: tensorboard is not installed; "
+                   "pip install 'ncollapse[tensorboard]'\n")

@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        # User errors: one clear line, no traceback.
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        # User errors (an optional extra not installed among them): one clear line, no traceback.
         print(f"ncollapse {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -45,11 +44,6 @@ def _nbytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.element_size() * t.numel()
 
 
-def _label_logits(y: torch.Tensor, c: int, like: torch.Tensor) -> torch.Tensor:
-    """Scores whose argmax is the label: NC4 against them is the nearest-centre error."""
-    return torch.nn.functional.one_hot(y.to(like.device), c).to(like.dtype)
-
-
 class _Layers:
     """The per-layer accumulators, created on the first batch (when the plan is known)."""
 
@@ -61,7 +55,9 @@ class _Layers:
         self.acc: dict[str, NCAccumulator] = {}
 
     def _means_for(self, name: str) -> Any:
-        if self.ncc_means is None or not isinstance(self.ncc_means, Mapping):
+        if self.ncc_means is None:
+            return None
+        if not isinstance(self.ncc_means, Mapping):
             return self.ncc_means if len(self.tap.names) == 1 else self._need_dict()
         if name not in self.ncc_means:
             raise ValueError(f"ncc_means has no entry for layer {name!r}; keys: "
@@ -87,15 +83,14 @@ class _Layers:
     def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor,
                logits: torch.Tensor | None) -> None:
         if not self.acc:
-            self.c = c = self._classes()
+            c = self._classes()
             options = {"per_class": True} if self.per_class else {}
             for name in self.tap.names:
                 self.acc[name] = NCAccumulator(num_classes=c, ncc_means=self._means_for(name),
                                                full_covariance=self.full_covariance, **options)
         for name, f in feats.items():
             own = self.tap.with_classifier[name] and logits is not None
-            z = logits if own else _label_logits(y, self.c, f)
-            self.acc[name].update(f, y, z)
+            self.acc[name].update(f, y, logits if own else None)
 
     def begin_second_pass(self) -> None:
         for acc in self.acc.values():
@@ -109,10 +104,8 @@ class _Layers:
                 w = clf.weight.detach()
                 b = getattr(clf, "bias", None)
                 out[name] = acc.compute(weight=w, bias=None if b is None else b.detach())
-            else:  # the "classifier" was the labels: its disagreement with NCC is the error
-                m = acc.compute()
-                out[name] = replace(m, ncc_error=m.ncc_mismatch, ncc_mismatch=None,
-                                    accuracy=None)
+            else:  # metrics that need no classifier; NC4 as ncc_error (against the labels)
+                out[name] = acc.compute()
         return out
 
 
