@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -40,21 +41,47 @@ def orthogonal(d: int, seed: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+GEOMETRY_KEYS = ("nc1", "nc1_trace_ratio", "cdnv", "equinorm_means", "equiangular_means",
+                 "maxangle_means", "etf_error_means", "self_duality", "self_duality_etf_error",
+                 "equinorm_weights", "equiangular_weights", "etf_error_weights",
+                 "maxangle_weights", "hyperspherical_energy_means",
+                 "hyperspherical_energy_var_means", "hyperspherical_energy_weights",
+                 "hyperspherical_energy_var_weights", "uniform_duality", "ood_orthogonality")
+
+
 @SETTINGS
 @given(datasets(), st.integers(0, 1000), st.floats(1e-3, 1e3), st.floats(-1e3, 1e3))
 def test_nc1_invariant_to_rotation_scaling_translation(data, seed, scale, shift):
     h, y, w, b = data
     q = orthogonal(h.shape[1], seed)
     t = shift * np.random.default_rng(seed + 1).standard_normal(h.shape[1])
-    base = measure(h, y, weight=w, bias=b)
-    moved = measure(scale * h @ q.T + t, y, weight=w @ q.T, bias=b)
-    for key in ("nc1", "nc1_trace_ratio", "cdnv", "equinorm_means", "equiangular_means",
-                "maxangle_means", "etf_error_means", "self_duality", "self_duality_etf_error",
-                "equinorm_weights", "equiangular_weights", "etf_error_weights"):
+    ood = np.random.default_rng(seed + 2).standard_normal((20, h.shape[1])) + 0.5
+    base = measure(h, y, weight=w, bias=b, ood_features=ood)
+    moved = measure(scale * h @ q.T + t, y, weight=w @ q.T, bias=b,
+                    ood_features=scale * ood @ q.T + t)
+    for key in GEOMETRY_KEYS:
         assert close(getattr(base, key), getattr(moved, key), 1e-7), key
-    # rotating and scaling the weights with the features keeps decisions up to the bias
-    if scale == 1.0 and not t.any():
-        assert base.accuracy == moved.accuracy
+
+
+@SETTINGS
+@given(datasets(), st.integers(0, 1000), st.integers(-8, 8), st.floats(-1e3, 1e3))
+def test_decisions_invariant_to_similarity_transforms(data, seed, log2_scale, shift):
+    """h -> s P h + t with P a signed permutation and s a power of two (both exact in floating
+    point), W -> W P^T, b -> s b - W P^T t: logits scale by s > 0, so the classifier's
+    decisions, the nearest class centres and every fraction of samples stay the same."""
+    h, y, w, b = data
+    d = h.shape[1]
+    rng = np.random.default_rng(seed)
+    p = np.eye(d)[rng.permutation(d)] * rng.choice([-1.0, 1.0], size=d)[:, None]
+    s = 2.0 ** log2_scale
+    t = shift * rng.standard_normal(d)
+    w2 = w @ p.T
+    base = measure(h, y, weight=w, bias=b)
+    moved = measure(s * h @ p.T + t, y, weight=w2, bias=s * b - w2 @ t)
+    assert base.accuracy is not None and base.ncc_mismatch is not None
+    assert moved.accuracy == base.accuracy
+    assert moved.ncc_mismatch == base.ncc_mismatch
+    assert moved.ncc_error == base.ncc_error
 
 
 @SETTINGS
@@ -108,13 +135,18 @@ def test_exact_zeros_on_collapsed_features(c, extra_dim, per, seed, scale, imbal
     y = np.repeat(np.arange(c), counts)
     m = measure(means[y], y, weight=means * 0.5)
     assert m.nc1 == 0.0 and m.cdnv == 0.0 and m.ncc_mismatch == 0.0 and m.accuracy == 1.0
+    assert m.ncc_error == 0.0
     tol = 1e-12
-    keys = ["equinorm_weights", "maxangle_weights", "etf_error_weights"]
+    keys = ["equinorm_weights", "maxangle_weights", "etf_error_weights",
+            "hyperspherical_energy_var_weights"]
     if not imbalanced:  # imbalance moves mu_G off the ETF centre; the weights stay an ETF
         keys += ["equinorm_means", "maxangle_means", "etf_error_means", "self_duality",
-                 "self_duality_etf_error"]
+                 "self_duality_etf_error", "hyperspherical_energy_var_means", "uniform_duality"]
         assert abs(m.bias_collapse) <= tol * scale
     for key in keys:
         assert abs(getattr(m, key)) <= tol, key
+    # on a simplex ETF every pair is at distance sqrt(2C/(C-1)) on the unit sphere
+    etf_energy = -0.5 * math.log(2.0 * c / (c - 1))
+    assert close(m.hyperspherical_energy_weights, etf_energy, 1e-12)
     if c > 2:
         assert abs(m.equiangular_weights) <= tol
