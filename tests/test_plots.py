@@ -1,4 +1,4 @@
-"""Run-directory reading (ncollapse.runs) and the paper figures (ncollapse.plots)."""
+"""The paper figures (ncollapse.plots) of run directories written by ncollapse.RunWriter."""
 
 from __future__ import annotations
 
@@ -9,104 +9,23 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from _runfactory import make_run, measurement_epochs, nc_row, train_error_at
+from conftest import write_run
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
 from ncollapse import plots
-from ncollapse.runs import load_run, load_runs
+from ncollapse.rundir import load_run, load_runs
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
-    make_run(base / "full", epochs=60, measurements=12, onset=15)
-    make_run(base / "crashed", epochs=60, measurements=12, onset=10, crash_at=30,
-             truncate_last_line=True, with_weights=False, seed=1, speed=0.7)
-    make_run(base / "notest", epochs=40, measurements=8, with_test=False, seed=2)
+    write_run(base / "full", epochs=60, measurements=12, onset=15)
+    write_run(base / "crashed", epochs=60, measurements=12, onset=10, crash_at=30,
+              truncate_last_line=True, with_weights=False, seed=1)
+    write_run(base / "notest", epochs=40, measurements=8, with_test=False, seed=2)
     return base
-
-
-# ----------------------------------------------------------------------------- runs.py
-
-
-def test_load_run_reads_every_file(runs_dir):
-    run = load_run(runs_dir / "full")
-    expected = measurement_epochs(60, 12)
-    assert [r["epoch"] for r in run.metrics] == expected
-    assert run.state == "finished" and run.problems == []
-    assert run.tpt_onset == 15 and run.last_epoch == 60 and run.total_epochs == 60
-    assert sorted(run.snapshots) == expected
-    assert len(run.epochs) == 60
-    x, y = run.series("train.nc1")
-    want = [nc_row(e, 4, scale=1.0, with_weights=True, num_samples=200, dim=12)["nc1"]
-            for e in expected]
-    np.testing.assert_array_equal(x, expected)
-    np.testing.assert_allclose(y, want, rtol=1e-15)
-    ex, ey = run.series("train_error", source="epochs")
-    np.testing.assert_array_equal(ey, [train_error_at(int(e), 15) for e in ex])
-
-
-def test_crashed_run_keeps_what_exists_and_says_what_is_missing(runs_dir):
-    run = load_run(runs_dir / "crashed")
-    measured = [e for e in measurement_epochs(60, 12) if e <= 30]
-    # the last row was cut in half by the "crash": it is dropped, the rest is kept
-    assert [r["epoch"] for r in run.metrics] == measured[:-1]
-    text = " ".join(run.problems)
-    assert "truncated" in text and "failed at epoch 30 of 60" in text
-    assert run.state == "failed"
-    _, y = run.series("train.self_duality")
-    assert np.isnan(y).all()
-
-
-def test_status_missing_tpt_from_epochs(tmp_path):
-    run_dir = make_run(tmp_path / "r", epochs=30, measurements=6, onset=9, snapshots=False)
-    (run_dir / "status.json").unlink()
-    run = load_run(run_dir)
-    assert run.tpt_onset == 9  # first epoch of epochs.jsonl with zero training error
-    assert run.state == "unknown"
-    assert any("status.json is missing" in p for p in run.problems)
-    assert any("snapshots/ is missing" in p for p in run.problems)
-
-
-def test_csv_fallback_gives_the_same_values(tmp_path):
-    a = make_run(tmp_path / "a", epochs=30, measurements=6, snapshots=False)
-    b = make_run(tmp_path / "b", epochs=30, measurements=6, snapshots=False)
-    (b / "metrics.jsonl").unlink()
-    ra, rb = load_run(a), load_run(b)
-    for key in ("train.nc1", "test.ncc_mismatch", "train_loss", "test_accuracy"):
-        np.testing.assert_array_equal(ra.series(key)[0], rb.series(key)[0])
-        np.testing.assert_allclose(ra.series(key)[1], rb.series(key)[1], rtol=1e-15)
-
-
-def test_damaged_middle_line_and_config(tmp_path):
-    run_dir = make_run(tmp_path / "r", epochs=30, measurements=6, snapshots=False)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    lines[2] = "{not json"
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run_dir / "config.toml").write_text("[run\nbroken")
-    run = load_run(run_dir)
-    assert len(run.metrics) == len(lines) - 1
-    assert any("1 unreadable line(s) skipped (line 3)" in p for p in run.problems)
-    assert run.config is None and any("config.toml is unreadable" in p for p in run.problems)
-
-
-def test_not_a_run_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such run directory"):
-        load_run(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
-        load_run(tmp_path / "empty")
-    with pytest.raises(ValueError, match="one label per run"):
-        load_runs([tmp_path / "x"], labels=["a", "b"])
-
-
-def test_duplicate_names_are_made_unique(tmp_path):
-    a = make_run(tmp_path / "a" / "run", epochs=10, measurements=3, snapshots=False)
-    b = make_run(tmp_path / "b" / "run", epochs=10, measurements=3, snapshots=False)
-    names = [r.name for r in load_runs([a, b])]
-    assert names == ["a/run", "b/run"]
 
 
 # ----------------------------------------------------------------------------- panels
@@ -220,9 +139,8 @@ def test_pdf_and_bad_format(runs_dir, tmp_path):
 
 
 def test_run_without_measurements_still_plots(tmp_path):
-    run_dir = make_run(tmp_path / "r", epochs=20, measurements=5, crash_at=0, snapshots=False)
-    (run_dir / "metrics.jsonl").write_text("")
-    (run_dir / "metrics.csv").unlink()
+    run_dir = write_run(tmp_path / "r", epochs=20, measurements=5, crash_at=0,
+                        snapshots=False).path
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed"
     fig = plots.overview_figure([run_dir])
@@ -264,3 +182,82 @@ def test_figures_render_without_pyplot(runs_dir):
     fig = plots.panel_figure([runs_dir / "full"], "nc1")
     assert isinstance(fig.canvas, FigureCanvasAgg)
     assert plots.figure_bytes(fig, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- depth, classes
+
+
+def _layer_run(path, names=("conv1", "block.0", "block.1", "fc")):
+    from ncollapse.rundir import RunWriter
+
+    epochs = [1, 2, 4, 8, 16, 32, 64]
+    values = {}
+    with RunWriter(path, {"model": {"name": "cnn"}}, epochs=64) as run:
+        for e in epochs:
+            # NC1 falls by 10x per layer and like 1/epoch: geometric decay with depth
+            values[e] = {n: 10.0 ** (1 - k) / e for k, n in enumerate(names)}
+            run.log_measurement(e, train={"nc1": 1.0 / e}, train_error=0.5 / e,
+                                layers={n: {"nc1": v} for n, v in values[e].items()})
+    return values
+
+
+def test_depth_figure_draws_each_layer_in_forward_order(tmp_path):
+    values = _layer_run(tmp_path / "layers")
+    fig = plots.depth_figure(tmp_path / "layers", num_epochs=3)
+    ax_d, ax_e = fig.axes
+    assert [t.get_text() for t in ax_d.get_xticklabels()] == ["conv1", "block.0", "block.1",
+                                                              "fc"]
+    assert ax_d.get_yscale() == "log" and ax_e.get_xscale() == "log"
+    drawn = {ln.get_label(): ln.get_ydata() for ln in ax_d.get_lines()}
+    assert set(drawn) == {"epoch 1", "epoch 8", "epoch 64"}  # spread on a log scale
+    for label, y in drawn.items():
+        e = int(label.split()[1])
+        np.testing.assert_allclose(y, list(values[e].values()), rtol=1e-12)
+    per_layer = {ln.get_label(): ln.get_ydata() for ln in ax_e.get_lines()}
+    np.testing.assert_allclose(per_layer["block.1"], [values[e]["block.1"] for e in values],
+                               rtol=1e-12)
+    # plot_runs writes it next to the panels; a run without layers gets none
+    written = plots.plot_runs([tmp_path / "layers"], tmp_path / "fig", formats=["png"])
+    assert tmp_path / "fig" / "depth.png" in written
+    with pytest.raises(ValueError, match="--layers"):
+        plots.depth_figure(_no_layers(tmp_path))
+
+
+def _no_layers(tmp_path):
+    from ncollapse.rundir import RunWriter
+
+    with RunWriter(tmp_path / "plain", {"model": {"name": "mlp"}}, epochs=2) as run:
+        run.log_measurement(1, train={"nc1": 1.0})
+    return tmp_path / "plain"
+
+
+def test_per_class_figure_of_an_imbalanced_run(tmp_path):
+    from ncollapse.rundir import RunWriter
+
+    rng = np.random.default_rng(0)
+    c, d = 4, 6
+    cfg = {"data": {"dataset": "gaussian", "imbalance": "step", "ratio": 10.0}}
+    weights = {}
+    with RunWriter(tmp_path / "imb", cfg, epochs=8) as run:
+        for e in (1, 2, 4, 8):
+            w = rng.standard_normal((c, d))
+            w[3] = w[2] + 0.1 * e * rng.standard_normal(d)  # minority rows 2, 3
+            weights[e] = w
+            means = rng.standard_normal((c, d)) * e
+            labels = np.repeat(np.arange(c), 5)
+            feats = means[labels] + 0.1 * rng.standard_normal((labels.size, d))
+            run.log_measurement(e, train={"nc1": 1.0}, snapshot={
+                "features": feats, "labels": labels, "means": means,
+                "global_mean": means.mean(0), "weight": w})
+    fig = plots.per_class_figure(tmp_path / "imb", max_predictions=2)
+    ax_m, ax_w, ax_c = fig.axes
+    lines = {ln.get_label(): ln for ln in ax_c.get_lines()}
+    measured = lines["minority rows (measured)"].get_ydata()
+    for k, e in enumerate((1, 2, 4, 8)):
+        u = weights[e][2:] / np.linalg.norm(weights[e][2:], axis=1, keepdims=True)
+        assert measured[k] == pytest.approx(float(u[0] @ u[1]), rel=1e-9)
+    norms = {ln.get_label(): ln.get_ydata() for ln in ax_w.get_lines()}
+    np.testing.assert_allclose(norms["class 3 (minority)"],
+                               [np.linalg.norm(weights[e][3]) for e in (1, 2, 4, 8)], rtol=1e-9)
+    pred = lines["layer-peeled model, same budgets"].get_ydata()
+    assert len(pred) == 2 and all(-1.0 <= p <= 1.0 for p in pred)

@@ -7,9 +7,10 @@ run. Several runs overlay in different colours. Missing data is drawn as far as 
 the panel says what is missing.
 
 :func:`plot_panel` draws one panel (a name in ``PANELS``) on a given matplotlib Axes;
-:func:`overview_figure` and :func:`panel_figure` build whole figures; :func:`plot_runs` writes
-them all to files. Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas:
-nothing here touches pyplot or switches the user's matplotlib backend.
+:func:`overview_figure` and :func:`panel_figure` build whole figures
+(:func:`ncollapse.plots.plot_runs` writes them all to files). Figures are
+``matplotlib.figure.Figure`` objects drawn by the Agg canvas: nothing here touches pyplot or
+switches the user's matplotlib backend.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ncollapse.io import atomic_write_bytes
 from ncollapse.rundir import Run, load_runs
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "overview_figure",
     "panel_figure",
     "plot_panel",
-    "plot_runs",
 ]
 
 FORMATS = ("png", "svg", "pdf")
@@ -276,40 +275,7 @@ def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int | None = None) -> by
     return buf.getvalue()
 
 
-def plot_runs(run_dirs: Iterable[str | Path | Run], out_dir: str | Path,
-              formats: Sequence[str] = ("png", "svg"), *, labels: Sequence[str] | None = None,
-              dpi: int | None = None) -> list[Path]:
-    """Write ``overview.<fmt>`` and one ``<panel>.<fmt>`` per panel into ``out_dir``.
-
-    ``dpi`` applies to PNG (default 150). Returns the written paths (overview first).
-    """
-    formats = _check_formats(formats)
-    run_list = _as_runs(list(run_dirs), labels)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    figures = [("overview", overview_figure(run_list))]
-    figures += [(name, panel_figure(run_list, name)) for name in PANELS]
-    for name, fig in figures:
-        for fmt in formats:
-            path = out_dir / f"{name}.{fmt}"
-            atomic_write_bytes(path, figure_bytes(fig, fmt, dpi=dpi))
-            written.append(path)
-    return written
-
-
 # ----------------------------------------------------------------------------- internals
-
-
-def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    out = tuple(f.lower().lstrip(".") for f in formats)
-    bad = [f for f in out if f not in FORMATS]
-    if bad or not out:
-        raise ValueError(f"unknown figure format(s) {', '.join(bad) or '(none)'}; "
-                         f"choose from {', '.join(FORMATS)}")
-    return out
 
 
 def _as_runs(runs: Sequence[Run | str | Path], labels: Sequence[str] | None) -> list[Run]:
