@@ -13,19 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-from _runfactory import make_run, measurement_epochs, nc_row
+from conftest import write_run
 from PIL import Image
 
 from ncollapse.report import build_report, metric_table, render_html
-from ncollapse.runs import load_run
+from ncollapse.rundir import load_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("rep") / "run", epochs=40, measurements=8,
-                    onset=12, per_class=8)
+def report_written(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("rep") / "run", epochs=40, measurements=8,
+                     onset=12, per_class=8)
+
+
+@pytest.fixture(scope="module")
+def report_run(report_written):
+    return report_written.path
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +78,14 @@ def test_report_is_self_contained(report_html):
     assert "@import" not in raw and "url(" not in raw
 
 
-def test_report_table_values(report_run, report_html):
-    run = load_run(report_run)
-    onset_epoch = min(e for e in measurement_epochs(40, 8) if e >= 12)
+def test_report_table_values(report_written, report_html):
+    run = load_run(report_written.path)
+    onset_epoch = min(e for e in report_written.epochs if e >= 12)
     rows = {r["key"]: r for r in metric_table(run)}
-    want_tpt = nc_row(onset_epoch, 4, scale=1.0, with_weights=True, num_samples=200, dim=12)
-    want_end = nc_row(40, 4, scale=1.0, with_weights=True, num_samples=200, dim=12)
-    assert rows["train.nc1"]["tpt"] == pytest.approx(want_tpt["nc1"], rel=1e-15)
-    assert rows["train.nc1"]["end"] == pytest.approx(want_end["nc1"], rel=1e-15)
+    want_tpt = report_written.rows[onset_epoch]["train"]  # as logged through RunWriter
+    want_end = report_written.rows[40]["train"]
+    assert rows["train.nc1"]["tpt"] == want_tpt["nc1"]
+    assert rows["train.nc1"]["end"] == want_end["nc1"]
     text = " ".join(_parse(report_html).text)
     assert f"{want_tpt['nc1']:.4g}" in text and f"{want_end['nc1']:.4g}" in text
     assert f"{100 * want_end['ncc_mismatch']:.4g} %" in text
@@ -92,7 +97,7 @@ def test_report_table_values(report_run, report_html):
 
 
 def test_report_escapes_run_text(tmp_path):
-    run_dir = make_run(tmp_path / "r", epochs=10, measurements=3, snapshots=False)
+    run_dir = write_run(tmp_path / "r", epochs=10, measurements=3, snapshots=False).path
     config = {"run": {"name": "<script>alert(1)</script>", "note": "a & b \"q\""},
               "optim": {"epochs": 10}}
     (run_dir / "config.toml").write_text(tomli_w.dumps(config))
@@ -109,8 +114,8 @@ def test_report_escapes_run_text(tmp_path):
 
 
 def test_report_of_crashed_run_lists_problems(tmp_path):
-    run_dir = make_run(tmp_path / "c", epochs=30, measurements=6, crash_at=12,
-                       truncate_last_line=True, with_weights=False)
+    run_dir = write_run(tmp_path / "c", epochs=30, measurements=6, crash_at=12,
+                        truncate_last_line=True, with_weights=False).path
     run = load_run(run_dir)
     out = tmp_path / "c.html"
     out.write_text(render_html(run, overview=None, panels={}, gif=None, gif_note="not made"))
@@ -185,3 +190,17 @@ def test_report_renders_in_chromium(report_html, tmp_path):
     rows = np.flatnonzero((np.abs(np.asarray(Image.open(shot).convert("RGB")).astype(int)
                                   - np.array([0x1F, 0x77, 0xB4])).sum(axis=2) < 40).any(axis=1))
     assert rows.max() - rows.min() > 1500
+
+
+def test_report_shows_collapse_through_depth(tmp_path):
+    from ncollapse.rundir import RunWriter
+
+    with RunWriter(tmp_path / "layers", {"model": {"name": "cnn"}}, epochs=4) as run:
+        for e in (1, 2, 4):
+            run.log_measurement(e, train={"nc1": 1.0 / e}, train_error=0.0,
+                                layers={"conv1": {"nc1": 2.0 / e}, "fc": {"nc1": 0.2 / e}})
+    page = build_report(tmp_path / "layers", make_animation=False).read_text()
+    assert "<h2>Collapse through depth</h2>" in page
+    start = page.index("<h2>Collapse through depth</h2>")
+    assert page.index("data:image/png;base64,", start) < page.index("</p>", start)
+    assert "Per class: imbalance" not in page  # a balanced run has no per-class section

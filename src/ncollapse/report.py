@@ -18,6 +18,8 @@ from ncollapse import __version__
 from ncollapse.animation import animate_run
 from ncollapse.io import atomic_write_text
 from ncollapse.plots import PANELS, figure_bytes, overview_figure, panel_figure
+from ncollapse.plots.classes import imbalance_of, per_class_figure
+from ncollapse.plots.depth import depth_figure, layer_records
 from ncollapse.rundir import Run, load_run
 
 __all__ = ["TABLE_ROWS", "build_report", "metric_table", "render_html"]
@@ -101,6 +103,24 @@ ANIMATION_TEXT = (
 )
 
 
+DEPTH_TEXT = (
+    "NC1 measured at each tracked layer (ncollapse train --layers), on the training set. Left: "
+    "against depth at a few epochs, on a log scale, where a straight falling line is the "
+    "geometric decay with depth reported by He and Su (2023); right: each layer against epoch. "
+    "Conv maps are averaged over space before measuring. Layers the classifier does not act on "
+    "report NC4 as the nearest-class-centre error against the labels."
+)
+PER_CLASS_TEXT = (
+    "From the snapshots of this imbalanced run: the norms of the centred class means and of the "
+    "classifier rows, one line per class (minority classes dashed), and the mean cosine between "
+    "classifier rows of the minority classes and of the majority classes. The dashed black "
+    "line is the norm-constrained layer-peeled model (Fang et al. 2021) for the same class "
+    "proportions and the norm budgets the run has at those epochs: there the minority rows "
+    "turn parallel as the imbalance grows (minority collapse). The model has free features "
+    "and no bias, so it is a reference point, not a fit."
+)
+
+
 def metric_table(run: Run) -> list[dict[str, Any]]:
     """Rows ``{"label", "key", "kind", "tpt", "end"}`` for the table (values None if absent)."""
     onset_row = run.row_at(run.tpt_onset)
@@ -136,15 +156,24 @@ def build_report(run_dir: str | Path | Run, out: str | Path | None = None, *,
 
     overview = png("overview", lambda: overview_figure([run]))
     panels = {name: png(name, lambda n=name: panel_figure([run], n)) for name in PANELS}
+    extra = {}
+    if layer_records(run):
+        extra["depth"] = png("depth", lambda: depth_figure(run))
+    if imbalance_of(run) and run.snapshots:
+        extra["per_class"] = png("per_class", lambda: per_class_figure(run))
     gif, gif_note = _animation_bytes(run, animation, make_animation, classes, class_ids)
-    text = render_html(run, overview=overview, panels=panels, gif=gif, gif_note=gif_note)
+    text = render_html(run, overview=overview, panels=panels, gif=gif, gif_note=gif_note,
+                       extra=extra)
     atomic_write_text(out, text)
     return out
 
 
 def render_html(run: Run, *, overview: bytes | None, panels: Mapping[str, bytes],
-                gif: bytes | None, gif_note: str | None = None) -> str:
-    """The report as one HTML string, images given as encoded bytes."""
+                gif: bytes | None, gif_note: str | None = None,
+                extra: Mapping[str, bytes] | None = None) -> str:
+    """The report as one HTML string, images given as encoded bytes; ``extra`` may hold the
+    ``"depth"`` and ``"per_class"`` figures."""
+    extra = extra or {}
     e = html.escape
     state = run.state
     parts = [
@@ -188,6 +217,16 @@ def render_html(run: Run, *, overview: bytes | None, panels: Mapping[str, bytes]
         parts.append(f'<div class="panel"><h3>{e(spec.title)}</h3>{body}'
                      f"<p>{e(spec.explanation)}</p></div>")
     parts.append("</div>")
+
+    if extra.get("depth"):
+        parts.append("<h2>Collapse through depth</h2>")
+        parts.append(_img(extra["depth"], "png", "NC1 of every tracked layer", "figure"))
+        parts.append(f"<p>{e(DEPTH_TEXT)}</p>")
+    if extra.get("per_class"):
+        parts.append("<h2>Per class: imbalance and minority collapse</h2>")
+        parts.append(_img(extra["per_class"], "png", "Per-class norms and minority cosines",
+                          "figure"))
+        parts.append(f"<p>{e(PER_CLASS_TEXT)}</p>")
 
     parts.append("<h2>Configuration</h2>")
     parts.append(_config_html(run.config))
