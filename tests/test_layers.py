@@ -232,3 +232,21 @@ def test_layer_errors_name_the_problem() -> None:
         measure_model(model, loader, layers=["flat"], pool="mean")
     with pytest.raises(ValueError, match="ncc_means must be a dict"):
         measure_model(model, loader, layers=["flat", "pool"], ncc_means=torch.zeros(C, 6))
+
+
+def test_glob_patterns_stay_within_one_name_part() -> None:
+    from collections import OrderedDict
+
+    from ncollapse.collect import select_layers
+
+    def block() -> nn.Sequential:
+        return nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+
+    model = nn.Sequential(OrderedDict([("layer1", block()), ("layer2", block()),
+                                       ("layer10", block()), ("head", nn.Linear(2, 2))]))
+    names = lambda pats: [n for n, _ in select_layers(model, pats)]  # noqa: E731
+    assert names(["layer*"]) == ["layer1", "layer2", "layer10"]
+    assert names(["layer?"]) == ["layer1", "layer2"]
+    assert names(["layer1.**"]) == ["layer1.0", "layer1.1"]
+    assert names(["layer[!1]*"]) == ["layer2"]
+    assert names(["head", "layer2.*", "head"]) == ["layer2.0", "layer2.1", "head"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,7 +52,9 @@ def find_module(model: nn.Module, spec: LayerSpec, what: str) -> nn.Module:
 def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | LayerSpec
                   ) -> list[tuple[str, nn.Module]]:
     """(name, module) for every layer named, matched by a glob pattern or given as a module,
-    each once, in registration order (callers reorder by the order of the forward pass)."""
+    each once, in registration order (callers reorder by the order of the forward pass).
+    In patterns ``*`` stays within one dotted part of a name ("layer*" picks ``layer1``, not
+    ``layer1.0``); ``**`` crosses dots ("layer1.**" is everything inside layer1)."""
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, Sequence) or not layers:
@@ -66,7 +69,7 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | LayerSpec
                 raise ValueError("the model itself is not a layer; name its submodules")
             chosen.add(name)
         elif isinstance(spec, str) and _GLOB & set(spec):
-            hits = [n for n, _ in named if fnmatch.fnmatchcase(n, spec)]
+            hits = [n for n, _ in named if _glob(spec).fullmatch(n)]
             if not hits:
                 raise ValueError(f"layer pattern {spec!r} matches no module name; "
                                  f"{_hint(model, spec.replace('*', ''))}")
@@ -78,6 +81,35 @@ def select_layers(model: nn.Module, layers: Sequence[LayerSpec] | LayerSpec
             raise TypeError(f"a layer must be a module name, a glob pattern or an nn.Module, "
                             f"got {type(spec).__name__}")
     return [(n, m) for n, m in named if n in chosen]
+
+
+@functools.lru_cache(maxsize=64)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A module-name glob: ``*`` and ``?`` stay within one dotted part ("layer*" matches
+    layer1 but not layer1.0), ``**`` crosses dots, ``[...]`` as in fnmatch."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if ch == "*":
+            out.append("[^.]*")
+        elif ch == "?":
+            out.append("[^.]")
+        elif ch == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                out.append(re.escape(ch))
+            else:
+                body = pattern[i + 1:j]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = j
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out))
 
 
 def check_classifier(clf: nn.Module) -> None:
