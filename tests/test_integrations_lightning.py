@@ -84,7 +84,7 @@ def test_three_epochs_on_digits_log_metrics_and_write_a_run_that_renders(tmp_pat
     torch.manual_seed(0)
     train_loader, val_loader = loaders()
     model = TinyNet()
-    nc = NeuralCollapse(epochs=[1, 2, 3], run_dir=tmp_path / "run",
+    nc = NeuralCollapse(epochs=[1, 2, 3], run_dir=tmp_path / "run", layers=["body.1", "body.4"],
                         config={"dataset": "digits", "model": "TinyNet", "epochs": 3})
     trainer = quiet_trainer(tmp_path, nc, 3)
     trainer.fit(model, train_loader, val_loader)
@@ -107,6 +107,12 @@ def test_three_epochs_on_digits_log_metrics_and_write_a_run_that_renders(tmp_pat
     for name in ("nc1", "nc1_trace_ratio", "cdnv", "ncc_mismatch", "accuracy", "self_duality"):
         assert getattr(got, name) == pytest.approx(getattr(ref, name), rel=1e-6, abs=1e-12), name
     assert float(logged[-1]["nc/train/nc1"]) == pytest.approx(ref.nc1, rel=1e-6)
+    ref_layers = measure_model(model, DataLoader(train_loader.dataset, batch_size=128),
+                               layers=["body.1", "body.4"])
+    assert list(nc.layer_history[-1][1]["train"]) == ["body.1", "body.4"]
+    for name, m in ref_layers.items():
+        assert float(logged[-1][f"nc/train/layers/{name}/nc1"]) == pytest.approx(m.nc1, rel=1e-6)
+        assert float(logged[-1][f"nc/val/layers/{name}/nc1"]) > 0
 
     run = load_run(tmp_path / "run")
     assert run.state == "finished" and not run.problems
@@ -114,6 +120,8 @@ def test_three_epochs_on_digits_log_metrics_and_write_a_run_that_renders(tmp_pat
     assert run.metrics[-1]["train"]["nc1"] == pytest.approx(ref.nc1, rel=1e-6)
     assert run.metrics[-1]["test"]["accuracy"] == pytest.approx(nc.last["val"].accuracy)
     assert sorted(run.snapshots) == [1, 2, 3]
+    assert run.metrics[-1]["layers"]["body.4"]["nc1"] == pytest.approx(
+        ref_layers["body.4"].nc1, rel=1e-6)
 
     report = tmp_path / "report.html"
     assert main(["report", str(tmp_path / "run"), "--out", str(report)]) == 0

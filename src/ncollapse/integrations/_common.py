@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -22,6 +22,7 @@ from ncollapse.training import measurement_epochs  # the training loop's own rul
 __all__ = [
     "MappedLoader",
     "MeasureOptions",
+    "Measured",
     "Schedule",
     "dist_rank_world",
     "measure_splits",
@@ -151,11 +152,16 @@ def measurement_loader(loader: Iterable[Any], rank: int = 0, world: int = 1) -> 
 
 @dataclass
 class MeasureOptions:
-    """Where the features come from, as in :func:`ncollapse.measure_model`."""
+    """Where the features come from, as in :func:`ncollapse.measure_model`: ``layer``/
+    ``classifier``/``use`` for the main measurement (default: the input of the classifier),
+    and optionally ``layers`` (names, glob patterns or modules) measured as well, each layer's
+    output pooled by ``pool``."""
 
     layer: nn.Module | str | None = None
     classifier: nn.Module | str | None = None
-    use: str = "input"
+    use: str | None = None
+    layers: Sequence[nn.Module | str] | None = None
+    pool: str | Callable[[torch.Tensor], torch.Tensor] = "flatten"
     max_batches: int | None = None
     input_key: str | None = None
     label_key: str | None = None
@@ -165,6 +171,21 @@ class MeasureOptions:
         return {"layer": self.layer, "classifier": self.classifier, "use": self.use,
                 "max_batches": self.max_batches, "input_key": self.input_key,
                 "label_key": self.label_key, "full_covariance": self.full_covariance}
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        return {"layers": list(self.layers or ()), "classifier": self.classifier,
+                "pool": self.pool, "max_batches": self.max_batches,
+                "input_key": self.input_key, "label_key": self.label_key,
+                "full_covariance": self.full_covariance}
+
+
+@dataclass
+class Measured:
+    """One measurement: the main metrics per split, and per split the metrics of every
+    requested layer (name -> NCMetrics, in forward order)."""
+
+    splits: dict[str, NCMetrics] = field(default_factory=dict)
+    layers: dict[str, dict[str, NCMetrics]] = field(default_factory=dict)
 
 
 class MappedLoader:
@@ -182,8 +203,7 @@ class MappedLoader:
 
 def measure_splits(model: nn.Module, loaders: Mapping[str, Iterable[Any]],
                    options: MeasureOptions, *, exact_shards: bool = True,
-                   batch_transform: Callable[[Any], Any] | None = None
-                   ) -> dict[str, NCMetrics]:
+                   batch_transform: Callable[[Any], Any] | None = None) -> Measured:
     """``measure_model`` (eval mode, modes restored) on each named loader. Under
     torch.distributed every rank must call this with its loaders; with ``exact_shards`` each
     rank measures its strided shard of the data set, so the synced statistics are those of
@@ -191,11 +211,13 @@ def measure_splits(model: nn.Module, loaders: Mapping[str, Iterable[Any]],
     ``batch_transform`` maps each batch first (e.g. a framework's precision conversion of the
     inputs)."""
     rank, world = dist_rank_world()
-    out: dict[str, NCMetrics] = {}
+    out = Measured()
     for split, loader in loaders.items():
         if exact_shards:
             loader = measurement_loader(loader, rank, world)
         if batch_transform is not None:
             loader = MappedLoader(loader, batch_transform)
-        out[split] = measure_model(model, loader, **options.kwargs())
+        out.splits[split] = measure_model(model, loader, **options.kwargs())
+        if options.layers:
+            out.layers[split] = measure_model(model, loader, **options.layer_kwargs())
     return out

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from ncollapse.collect import collect_features
 from ncollapse.integrations._common import (
     MappedLoader,
+    Measured,
     MeasureOptions,
     Schedule,
     dist_rank_world,
@@ -52,6 +53,7 @@ class Tracker:
         self.prefix = prefix
         self.writer: RunWriter | None = None
         self.history: list[tuple[int, dict[str, NCMetrics]]] = []
+        self.layer_history: list[tuple[int, dict[str, dict[str, NCMetrics]]]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -89,29 +91,40 @@ class Tracker:
     def measure(self, model: nn.Module, loaders: Mapping[str, Iterable[Any]], epoch: int, *,
                 lr: float | None = None, train_loss: float | None = None,
                 step: int | None = None, batch_transform: Callable[[Any], Any] | None = None
-                ) -> dict[str, NCMetrics]:
+                ) -> Measured:
         """Measure every split (a collective under torch.distributed: call on every rank) and
         record the row (and a snapshot) in the run directory. ``batch_transform`` maps each
-        batch before the model sees it."""
-        results = measure_splits(model, loaders, self.options, exact_shards=self.exact_shards,
-                                 batch_transform=batch_transform)
-        self.history.append((epoch, results))
+        batch before the model sees it. The layers' metrics of the training split go into the
+        row as ``layers`` (CSV columns ``layers.<name>.<metric>``)."""
+        measured = measure_splits(model, loaders, self.options, exact_shards=self.exact_shards,
+                                  batch_transform=batch_transform)
+        self.history.append((epoch, measured.splits))
+        if measured.layers:
+            self.layer_history.append((epoch, measured.layers))
         if self.writer is not None and self.writer.enabled:
-            train, test = results.get("train"), results.get("val")
+            train, test = measured.splits.get("train"), measured.splits.get("val")
+            extra = {}
+            if "train" in measured.layers:
+                extra["layers"] = {name: m.to_dict()
+                                   for name, m in measured.layers["train"].items()}
             snapshot = self._snapshot(model, loaders.get("train"), batch_transform)
             self.writer.log_measurement(
                 epoch, train=train, test=test, snapshot=snapshot, lr=lr, step=step,
                 train_loss=train_loss,
                 train_error=None if train is None or train.accuracy is None
                 else 1.0 - train.accuracy,
-                test_accuracy=None if test is None else test.accuracy)
-        return results
+                test_accuracy=None if test is None else test.accuracy, **extra)
+        return measured
 
-    def scalars(self, results: Mapping[str, NCMetrics]) -> dict[str, float]:
-        """``{"nc/train/nc1": ..., "nc/val/nc1": ...}``: floats only, None left out."""
+    def scalars(self, measured: Measured) -> dict[str, float]:
+        """``{"nc/train/nc1": ..., "nc/val/nc1": ..., "nc/train/layers/<name>/nc1": ...}``:
+        floats only, None left out."""
         out: dict[str, float] = {}
-        for split, metrics in results.items():
+        for split, metrics in measured.splits.items():
             out.update(metric_scalars(metrics, f"{self.prefix}/{split}/"))
+        for split, per_layer in measured.layers.items():
+            for name, metrics in per_layer.items():
+                out.update(metric_scalars(metrics, f"{self.prefix}/{split}/layers/{name}/"))
         return out
 
     # ------------------------------------------------------------------ snapshots

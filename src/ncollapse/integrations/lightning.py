@@ -17,13 +17,14 @@ shard of the data set and the statistics are synced across ranks; only rank 0 wr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from ncollapse.integrations._common import MeasureOptions, Schedule, require
+from ncollapse.integrations._common import Measured, MeasureOptions, Schedule, require
 from ncollapse.integrations._tracker import Tracker
 from ncollapse.integrations.tensorboard import add_overview
 from ncollapse.metrics import NCMetrics
@@ -51,7 +52,10 @@ class NeuralCollapse(_pl.Callback):
             ``val_dataloader``), logged as ``nc/val/<name>``.
         layer, classifier, use, input_key, label_key, max_batches, full_covariance: where the
             features come from, as in :func:`ncollapse.measure_model` (default: the input of
-            the last ``nn.Linear``).
+            the ``nn.Linear`` that produces the model's output).
+        layers, pool: more layers to measure as well (names, glob patterns such as
+            ``"body.*"``, or modules; each output pooled by ``pool``), logged as
+            ``nc/train/layers/<name>/<metric>``.
         train_dataloader, val_dataloader: loaders to measure on instead of the trainer's (e.g.
             the training set without augmentation).
         run_dir: write a run directory there (rank 0) that ``ncollapse plot``, ``animate`` and
@@ -64,14 +68,17 @@ class NeuralCollapse(_pl.Callback):
             trainer's sampler pads), leaving the training's random stream untouched; False:
             the loaders exactly as given.
 
-    After each measurement ``self.last`` holds the ``NCMetrics`` per split and
-    ``self.history`` every ``(epoch, {split: NCMetrics})`` so far.
+    After each measurement ``self.last`` holds the ``NCMetrics`` per split, ``self.history``
+    every ``(epoch, {split: NCMetrics})`` so far and ``self.layer_history`` every
+    ``(epoch, {split: {layer: NCMetrics}})``.
     """
 
     def __init__(self, *, epochs: Iterable[int] | Callable[[int], bool] | None = None,
                  num_measurements: int = 50, val: bool = True,
                  layer: nn.Module | str | None = None, classifier: nn.Module | str | None = None,
-                 use: str = "input", input_key: str | None = None, label_key: str | None = None,
+                 use: str | None = None, layers: Sequence[nn.Module | str] | None = None,
+                 pool: str | Callable[[torch.Tensor], torch.Tensor] = "flatten",
+                 input_key: str | None = None, label_key: str | None = None,
                  max_batches: int | None = None, full_covariance: bool = False,
                  train_dataloader: Iterable[Any] | None = None,
                  val_dataloader: Iterable[Any] | None = None,
@@ -79,8 +86,8 @@ class NeuralCollapse(_pl.Callback):
                  snapshot_size: int = 300, loss_key: str | None = "train_loss",
                  exact_shards: bool = True) -> None:
         super().__init__()
-        options = MeasureOptions(layer=layer, classifier=classifier, use=use,
-                                 max_batches=max_batches, input_key=input_key,
+        options = MeasureOptions(layer=layer, classifier=classifier, use=use, layers=layers,
+                                 pool=pool, max_batches=max_batches, input_key=input_key,
                                  label_key=label_key, full_covariance=full_covariance)
         self.tracker = Tracker(options, Schedule(epochs, num_measurements), run_dir=run_dir,
                                config=config, snapshot_size=snapshot_size,
@@ -95,6 +102,10 @@ class NeuralCollapse(_pl.Callback):
     def history(self) -> list[tuple[int, dict[str, NCMetrics]]]:
         return self.tracker.history
 
+    @property
+    def layer_history(self) -> list[tuple[int, dict[str, dict[str, NCMetrics]]]]:
+        return self.tracker.layer_history
+
     # ------------------------------------------------------------------ hooks
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -107,18 +118,18 @@ class NeuralCollapse(_pl.Callback):
         epoch = trainer.current_epoch + 1
         lr = _learning_rate(trainer)
         loss = self._train_loss(trainer)
-        measured: dict[str, NCMetrics] | None = None
+        measured: Measured | None = None
         if self.tracker.schedule(epoch):
             loaders = self._loaders(trainer)
             precision = trainer.strategy.precision_plugin  # e.g. "64-true" casts the inputs
             measured = self.tracker.measure(pl_module, loaders, epoch, lr=lr, train_loss=loss,
                                             step=trainer.global_step,
                                             batch_transform=precision.convert_input)
-            self.last = measured
+            self.last = measured.splits
             pl_module.log_dict(self.tracker.scalars(measured), on_step=False, on_epoch=True,
                                sync_dist=False)
         self.tracker.log_epoch(epoch, lr=lr, train_loss=loss, step=trainer.global_step,
-                               measured=measured)
+                               measured=None if measured is None else measured.splits)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.tracker.finish()

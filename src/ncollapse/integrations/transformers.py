@@ -18,10 +18,11 @@ the training data and, when the trainer has an ``eval_dataset``, the evaluation 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ncollapse.integrations._common import MeasureOptions, Schedule, require
@@ -61,6 +62,9 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
         classifier, layer, use, max_batches, full_covariance: as in
             :func:`ncollapse.measure_model`; the classifier defaults to the model's
             classification head (:func:`classification_head`), the features to its input.
+        layers, pool: more layers to measure as well (e.g. ``"bert.encoder.layer.*"``), each
+            output pooled by ``pool`` (default ``"avg"``: the mean over the sequence), logged
+            as ``nc/train/layers/<name>/<metric>``.
         label_key: the batch key holding the labels (default: the trainer's first
             ``label_names``, else ``"labels"``).
         run_dir, config, snapshot_size: an optional run directory for ``ncollapse plot``,
@@ -71,7 +75,9 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
                  epochs: Iterable[int] | Callable[[int], bool] | None = None,
                  num_measurements: int = 50, val: bool = True,
                  classifier: nn.Module | str | None = None, layer: nn.Module | str | None = None,
-                 use: str = "input", max_batches: int | None = None,
+                 use: str | None = None, layers: Sequence[nn.Module | str] | None = None,
+                 pool: str | Callable[[torch.Tensor], torch.Tensor] = "avg",
+                 max_batches: int | None = None,
                  full_covariance: bool = False, label_key: str | None = None,
                  run_dir: str | Path | None = None, config: Mapping[str, Any] | None = None,
                  snapshot_size: int = 300) -> None:
@@ -79,7 +85,7 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
         self.val = val
         self.label_key = label_key
         self.options = MeasureOptions(layer=layer, classifier=classifier, use=use,
-                                      max_batches=max_batches,
+                                      layers=layers, pool=pool, max_batches=max_batches,
                                       full_covariance=full_covariance)
         self.tracker = Tracker(self.options, Schedule(epochs, num_measurements),
                                run_dir=run_dir, config=config, snapshot_size=snapshot_size)
@@ -88,6 +94,10 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
     @property
     def history(self) -> list[tuple[int, dict[str, NCMetrics]]]:
         return self.tracker.history
+
+    @property
+    def layer_history(self) -> list[tuple[int, dict[str, dict[str, NCMetrics]]]]:
+        return self.tracker.layer_history
 
     # ------------------------------------------------------------------ events
 
@@ -113,7 +123,7 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
                     loaders["val"] = val
             measured = self.tracker.measure(model, loaders, epoch, lr=lr, train_loss=loss,
                                             step=state.global_step, batch_transform=split)
-            self.last = measured
+            self.last = measured.splits
             scalars = self.tracker.scalars(measured)
             if self.trainer is not None:
                 self.trainer.log(scalars)
@@ -121,7 +131,7 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
                 state.log_history.append({**scalars, "epoch": state.epoch,
                                           "step": state.global_step})
         self.tracker.log_epoch(epoch, lr=lr, train_loss=loss, step=state.global_step,
-                               measured=measured)
+                               measured=None if measured is None else measured.splits)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.tracker.finish()
