@@ -23,7 +23,7 @@ import torch
 __all__ = ["PairStats", "pairwise_stats", "cross_etf_error", "cdnv", "DEFAULT_TILE"]
 
 _F64 = torch.float64
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 2048
 
 
 class _Moments:
@@ -37,19 +37,32 @@ class _Moments:
         self.n, self.mean, self.m2, self.infinite = 0, 0.0, 0.0, 0
 
     def result(self) -> tuple[float, float]:
-        """Mean and sum of squared deviations (inf, inf with an infinite value)."""
-        return (math.inf, math.inf) if self.infinite else (self.mean, self.m2)
+        """Mean and sum of squared deviations (-inf, inf with an infinite value)."""
+        return (-math.inf, math.inf) if self.infinite else (self.mean, self.m2)
+
+    @staticmethod
+    def squares_about(x: torch.Tensor, center: float) -> float:
+        """sum (x - center)^2 without cancellation: m2 + n (mean - center)^2."""
+        if x.numel() == 0:
+            return 0.0
+        var, mean = torch.var_mean(x, correction=0)
+        return float(var) * x.numel() + x.numel() * (float(mean) - center) ** 2
 
     def add(self, x: torch.Tensor) -> None:
-        bad = torch.isinf(x)
-        if bool(bad.any()):
-            self.infinite += int(bad.sum())
-            x = x[~bad]
         nb = x.numel()
         if nb == 0:
             return
         var, mb = torch.var_mean(x, correction=0)
         mb, m2b = float(mb), float(var) * nb
+        if not math.isfinite(mb) or not math.isfinite(m2b):
+            bad = ~torch.isfinite(x)
+            self.infinite += int(bad.sum())
+            x = x[~bad]
+            nb = x.numel()
+            if nb == 0:
+                return
+            var, mb = torch.var_mean(x, correction=0)
+            mb, m2b = float(mb), float(var) * nb
         n = self.n + nb
         delta = mb - self.mean
         self.mean += delta * nb / n
@@ -114,7 +127,7 @@ def pairwise_stats(x: torch.Tensor, tile: int = DEFAULT_TILE, *,
     off_t = -s / (c * math.sqrt(c - 1))  # s * T_ij for i != j
     diag_t = s * (1.0 - 1.0 / c) / math.sqrt(c - 1)
     a = float(((nsq - diag_t) ** 2).sum())
-    inv_c1 = 1.0 / (c - 1)
+    inv_c1 = torch.tensor(-1.0 / (c - 1), dtype=_F64, device=dev)
     cos_m, en_m = _Moments(), _Moments()
     maxangle = 0.0
     near = torch.full((c,), math.inf, dtype=_F64, device=dev) if distances else None
@@ -125,21 +138,9 @@ def pairwise_stats(x: torch.Tensor, tile: int = DEFAULT_TILE, *,
             j1 = min(c, j0 + tile)
             g = x[i0:i1] @ x[j0:j1].T
             diag = i0 == j0
-            iu = _triu(i1 - i0, dev) if diag else None
             if distances:
-                dsq = (nsq[i0:i1, None] + nsq[None, j0:j1]).sub_(g, alpha=2.0).clamp_(min=0.0)
-            if diag:
-                pg = g[iu[0], iu[1]]
-                pn = norms[i0 + iu[0]] * norms[i0 + iu[1]]
-            else:
-                pg = g.reshape(-1)
-                pn = (norms[i0:i1, None] * norms[None, j0:j1]).reshape(-1)
-            a += 2.0 * float((pg - off_t).square_().sum())
-            pc = pg.div_(pn)  # cosines of the pairs of this tile
-            cos_m.add(pc)
-            maxangle += float((pc + inv_c1).abs_().sum())
-            en_m.add((2.0 - 2.0 * pc).clamp_(min=0.0).log_().mul_(-0.5))
-            if distances:
+                dsq = torch.add(nsq[i0:i1, None], g, alpha=-2.0).add_(nsq[None, j0:j1])
+                dsq.clamp_(min=0.0)
                 if diag:
                     dsq.fill_diagonal_(math.inf)
                 near[i0:i1] = torch.minimum(near[i0:i1], dsq.amin(1))
@@ -148,9 +149,24 @@ def pairwise_stats(x: torch.Tensor, tile: int = DEFAULT_TILE, *,
                 inv[i0:i1] += rec.sum(1)
                 if not diag:
                     inv[j0:j1] += rec.sum(0)
+            if diag:  # the pairs c < c' of a diagonal tile
+                iu = _triu(i1 - i0, dev)
+                pg = g[iu[0], iu[1]]
+            else:
+                pg = g
+            a += 2.0 * _Moments.squares_about(pg, off_t)
+            if diag:
+                pc = pg.div_(norms[i0 + iu[0]]).div_(norms[i0 + iu[1]])
+            else:
+                pc = pg.div_(norms[i0:i1, None]).div_(norms[None, j0:j1])
+            cos_m.add(pc)
+            maxangle += float(torch.dist(pc, inv_c1, p=1))
+            # log(1/||u - u'||) = -log(2)/2 - log1p(-cos)/2, reduced as log1p(-cos)
+            en_m.add(pc.neg_().log1p_())
     pairs = c * (c - 1) // 2
     equiang = math.sqrt(cos_m.m2 / (pairs - 1)) if pairs > 1 else None
-    energy, energy_m2 = en_m.result()
+    log1p_mean, log1p_m2 = en_m.result()
+    energy, energy_m2 = -0.5 * math.log(2.0) - 0.5 * log1p_mean, 0.25 * log1p_m2
     return PairStats(
         equinorm=equinorm, equiangular=equiang, maxangle=maxangle / pairs,
         etf_error=etf_from_parts(a, s), energy=energy, energy_var=energy_m2 / pairs,
