@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("lightning", reason="needs the lightning extra (make setup installs it)")
 
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -68,9 +68,13 @@ def loaders(batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
             DataLoader(test, batch_size=batch_size))
 
 
-def quiet_trainer(tmp: Path, callback: NeuralCollapse, epochs: int, **kwargs) -> pl.Trainer:
+def quiet_trainer(tmp: Path, callback: NeuralCollapse, epochs: int, *, tensorboard: bool = False,
+                  **kwargs) -> pl.Trainer:
+    loggers = [CSVLogger(tmp, name="csv")]
+    if tensorboard:
+        loggers.append(TensorBoardLogger(tmp, name="tb"))
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[callback],
-                      logger=CSVLogger(tmp, name="csv"), enable_progress_bar=False,
+                      logger=loggers, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False,
                       num_sanity_val_steps=0, **kwargs)
 
@@ -86,7 +90,7 @@ def test_three_epochs_on_digits_log_metrics_and_write_a_run_that_renders(tmp_pat
     model = TinyNet()
     nc = NeuralCollapse(epochs=[1, 2, 3], run_dir=tmp_path / "run", layers=["body.1", "body.4"],
                         config={"dataset": "digits", "model": "TinyNet", "epochs": 3})
-    trainer = quiet_trainer(tmp_path, nc, 3)
+    trainer = quiet_trainer(tmp_path, nc, 3, tensorboard=True)
     trainer.fit(model, train_loader, val_loader)
 
     rows = read_csv_metrics(trainer)
@@ -122,6 +126,15 @@ def test_three_epochs_on_digits_log_metrics_and_write_a_run_that_renders(tmp_pat
     assert sorted(run.snapshots) == [1, 2, 3]
     assert run.metrics[-1]["layers"]["body.4"]["nc1"] == pytest.approx(
         ref_layers["body.4"].nc1, rel=1e-6)
+
+    # The TensorBoard logger got the scalars and, at the end, the overview figure.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.loggers[1].log_dir)
+    events.Reload()
+    assert len(events.Scalars("nc/train/nc1")) == 3
+    assert events.Tags()["images"] == ["nc/overview"]
 
     report = tmp_path / "report.html"
     assert main(["report", str(tmp_path / "run"), "--out", str(report)]) == 0
