@@ -10,23 +10,36 @@ For each workload it prints the median wall time of
                 of Sigma_B, NCC by a full distance matrix, all in float64 (defined below)
   matmul (b)  : features @ means.T, one product of the same size
 and the ratios naive/ncollapse (target >= 5x on W1, >= 3x on W2) and ncollapse/matmul
-(target <= 3x); the methods run interleaved, ``--repeats`` times each, medians reported, and
-the same ratios of process CPU time (less sensitive to other load on the machine).
-Run: ``python benchmarks/measure.py [--quick] [--repeats R] [--threads T] [--sigma S]``.
+(target <= 2.5x on W2); the methods run interleaved, ``--repeats`` times each, medians
+reported, and the same ratios of process CPU time (less sensitive to other load on the
+machine).
+
+W3 is a language-model vocabulary: C = 50,257 classes in d = 768, N = 100,000 float32
+features, Zipf-distributed labels (every class at least once), class means random unit
+vectors (C > d: no simplex ETF). Its baseline is one ``features @ weight.T`` (the logits),
+its target ncollapse/matmul <= 3x, and it prints the peak memory of ``measure`` above the
+inputs (resident set size sampled every 5 ms; target <= 3 GB); no naive baseline (it would
+form C x C matrices).
+Run: ``python benchmarks/measure.py [--quick] [--repeats R] [--threads T] [--sigma S]
+[--only W1,W2,W3]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import threading
 import time
 
 import torch
 
 from ncollapse import measure
 
-WORKLOADS = {"W1": (60_000, 512, 10), "W2": (100_000, 1024, 1000)}
-QUICK = {"W1": (6_000, 128, 10), "W2": (5_000, 128, 100)}
+WORKLOADS = {"W1": (60_000, 512, 10), "W2": (100_000, 1024, 1000),
+             "W3": (100_000, 768, 50_257)}
+QUICK = {"W1": (6_000, 128, 10), "W2": (5_000, 128, 100), "W3": (6_000, 64, 2_000)}
+ZIPF = ("W3",)  # workloads with Zipf labels and C > d, baseline features @ weight.T
 
 
 def make_data(n: int, d: int, c: int, sigma: float, seed: int = 0):
@@ -45,6 +58,51 @@ def make_data(n: int, d: int, c: int, sigma: float, seed: int = 0):
     weight = means + 0.1 / d**0.5 * torch.randn(c, d, generator=g)
     bias = 0.01 * torch.randn(c, generator=g)
     return feats.contiguous(), labels, weight, bias
+
+
+def make_zipf_data(n: int, d: int, c: int, sigma: float, seed: int = 0, exponent: float = 1.1):
+    """Synthetic float32 features for a vocabulary: C random unit class means in R^d,
+    Zipf labels (probability of class k proportional to 1/(k+1)^exponent) with every class
+    present at least once, features = mean + noise of norm about ``sigma``, classifier =
+    means plus 10% noise, no bias."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(c, d, generator=g)
+    means /= means.norm(dim=1, keepdim=True)
+    p = 1.0 / torch.arange(1, c + 1, dtype=torch.float64) ** exponent
+    drawn = torch.multinomial(p / p.sum(), n - c, replacement=True, generator=g)
+    labels = torch.cat([torch.arange(c), drawn])[torch.randperm(n, generator=g)]
+    feats = means[labels] + sigma / d**0.5 * torch.randn(n, d, generator=g)
+    weight = means + 0.1 / d**0.5 * torch.randn(c, d, generator=g)
+    return feats.contiguous(), labels, weight.contiguous(), None
+
+
+class PeakRSS:
+    """Peak resident set size (bytes) above the level at entry, sampled every 5 ms."""
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def above(self) -> int:
+        return self.peak - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def naive(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: int) -> dict:
@@ -102,21 +160,28 @@ def _full_set(h, y, w, b):
     return measure(h, y, weight=w, bias=b)
 
 
-def _one_matmul(h, means):
-    return h @ means.T
+def _one_matmul(h, other):
+    return h @ other.T
 
 
 def run(quick: bool, repeats: int, sigma: float, threads: int, skip_naive: bool,
-        naive_repeats: int = 2) -> list[dict]:
-    """Time the three methods on each workload, interleaved, and print one line per workload."""
+        naive_repeats: int = 2, only: tuple[str, ...] | None = None) -> list[dict]:
+    """Time the methods on each workload, interleaved, and print one line per workload."""
     torch.set_num_threads(threads)
     rows = []
     for name, (n, d, c) in (QUICK if quick else WORKLOADS).items():
-        h, y, w, b = make_data(n, d, c, sigma)
-        means32 = torch.stack([h[y == k].mean(0) for k in range(c)])
-        m = _full_set(h, y, w, b)  # warm-up
-        jobs = {"ncollapse": (_full_set, (h, y, w, b)), "matmul": (_one_matmul, (h, means32))}
-        if not skip_naive:
+        if only is not None and name not in only:
+            continue
+        zipf = name in ZIPF
+        h, y, w, b = (make_zipf_data if zipf else make_data)(n, d, c, sigma)
+        if zipf:
+            other = w
+        else:
+            other = torch.zeros(c, d).index_add_(0, y, h) / torch.bincount(y, minlength=c)[:, None]
+        with PeakRSS() as mem:
+            m = _full_set(h, y, w, b)  # warm-up, and the peak memory above the inputs
+        jobs = {"ncollapse": (_full_set, (h, y, w, b)), "matmul": (_one_matmul, (h, other))}
+        if not skip_naive and not zipf:
             jobs["naive"] = (naive, (h, y, w, b, c))
         res: dict[str, list[tuple[float, float]]] = {k: [] for k in jobs}
         for r in range(repeats):  # interleaved, so slow phases of a busy machine hit all three
@@ -126,7 +191,7 @@ def run(quick: bool, repeats: int, sigma: float, threads: int, skip_naive: bool,
         med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
                for k, v in res.items()}
         row = {"workload": name, "N": n, "d": d, "C": c, "sigma": sigma, "nc1": m.nc1,
-               "threads": threads, "repeats": repeats,
+               "threads": threads, "repeats": repeats, "peak_bytes": mem.above,
                **{f"t_{k}": v[0] for k, v in med.items()},
                **{f"cpu_{k}": v[1] for k, v in med.items()}}
         rows.append(row)
@@ -137,6 +202,7 @@ def run(quick: bool, repeats: int, sigma: float, threads: int, skip_naive: bool,
             t_nv = med["naive"][0]
             line += f"naive {t_nv:8.3f} s  naive/ncollapse {t_nv / t_nc:6.2f}x  "
         line += f"ncollapse/matmul {t_nc / t_mm:5.2f}x"
+        line += f"  peak {mem.above / 2**30:.2f} GB above inputs"
         cpu_nc, cpu_mm = med["ncollapse"][1], med["matmul"][1]
         line += f"  [CPU time: ncollapse/matmul {cpu_nc / cpu_mm:5.2f}x"
         if "naive" in med:
@@ -154,8 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-naive", action="store_true", help="do not time the naive baseline")
     ap.add_argument("--naive-repeats", type=int, default=2, help="timed runs of the (slow) "
                     "naive baseline, in the first rounds")
+    ap.add_argument("--only", default=None, help="comma-separated workloads (e.g. W2,W3)")
     args = ap.parse_args(argv)
-    run(args.quick, args.repeats, args.sigma, args.threads, args.skip_naive, args.naive_repeats)
+    only = None if args.only is None else tuple(args.only.split(","))
+    run(args.quick, args.repeats, args.sigma, args.threads, args.skip_naive, args.naive_repeats,
+        only)
 
 
 if __name__ == "__main__":

@@ -301,6 +301,7 @@ def test_numpy_and_torch_inputs_agree():
 # ----------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.filterwarnings("ignore:feature dimension d = 64 is smaller")
 def test_benchmark_quick_runs(capsys):
     """The benchmark script runs end to end (sizes reduced; timings are not checked)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "measure.py"
@@ -313,11 +314,16 @@ def test_benchmark_quick_runs(capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert [r["workload"] for r in rows] == ["W1", "W2"]
-    assert re.search(r"W1 .* naive/ncollapse .* ncollapse/matmul", out)
-    for r in rows:
+    assert [r["workload"] for r in rows] == ["W1", "W2", "W3"]
+    assert re.search(r"W1 .* naive/ncollapse .* ncollapse/matmul .* GB above inputs", out)
+    for r in rows[:2]:
         h, y, w, b = bench.make_data(r["N"], r["d"], r["C"], 0.3)
         assert bench.naive(h, y, w, b, r["C"])["nc1"] == pytest.approx(r["nc1"], rel=1e-5)
+    h, y, w, _ = bench.make_zipf_data(rows[2]["N"], rows[2]["d"], rows[2]["C"], 0.3)
+    counts = torch.bincount(y, minlength=rows[2]["C"])
+    assert counts.min() >= 1 and counts.max() > 20 * counts.median()  # Zipf, every class
+    assert rows[2]["nc1"] == pytest.approx(measure(h, y, weight=w).nc1, rel=1e-12)
+    assert 0 <= rows[2]["peak_bytes"] < 2**30
 
 
 def test_equiangular_ordered_pairs_matches_direct_computation():

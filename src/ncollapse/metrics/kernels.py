@@ -128,9 +128,7 @@ def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
     lose2 = torch.minimum if largest else torch.maximum
     for c0 in range(0, cols, tile):
         c1 = min(cols, c0 + tile)
-        s = z @ mat[:, c0:c1]
-        if offset is not None:
-            s += offset[c0:c1]
+        s = z @ mat[:, c0:c1] if offset is None else torch.addmm(offset[c0:c1], z, mat[:, c0:c1])
         if c1 - c0 >= 2:
             val, ind = s.topk(2, dim=1, largest=largest, sorted=True)
             t1, t2 = val[:, 0], val[:, 1]
