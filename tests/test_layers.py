@@ -250,3 +250,28 @@ def test_glob_patterns_stay_within_one_name_part() -> None:
     assert names(["layer1.**"]) == ["layer1.0", "layer1.1"]
     assert names(["layer[!1]*"]) == ["layer2"]
     assert names(["head", "layer2.*", "head"]) == ["layer2.0", "layer2.1", "head"]
+
+
+def test_train_tracks_named_layers_and_plot_draws_them(tmp_path) -> None:
+    from ncollapse.cli import main
+    from ncollapse.plots import depth_figure
+    from ncollapse.rundir import load_run
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "gaussian", "--model", "mlp", "--width", "16",
+                 "--depth", "3", "--epochs", "4", "--num-measurements", "3", "--batch-size",
+                 "50", "--layers", "body.1", "body.*", "--no-progress", "--out", str(out)]) == 0
+    run = load_run(out)
+    assert run.config["tracking"]["layers"] == ["body.1", "body.*"]
+    rows = [r for r in run.metrics if r.get("layers")]
+    assert rows and len(rows) == len(run.metrics)
+    names = list(rows[-1]["layers"])
+    assert names == [f"body.{i}" for i in range(len(names))]  # forward order, each once
+    last = rows[-1]["layers"][names[-1]]
+    # the last body layer feeds the classifier: its NC1 is the run's own train NC1
+    # (float32 features, batched differently: agreement to float32 accuracy)
+    assert last["nc1"] == pytest.approx(rows[-1]["train"]["nc1"], rel=1e-5)
+    assert rows[-1]["layers"]["body.0"]["self_duality"] is None  # no classifier acts there
+    assert rows[-1]["layers"]["body.0"]["ncc_error"] is not None
+    fig = depth_figure(run)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names

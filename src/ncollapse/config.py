@@ -88,6 +88,9 @@ class TrainConfig:
     # eval-mode training error every epoch until the TPT onset is found (then at measurements)
     track_train_error: bool = field(default=True, metadata={"section": "tracking"})
     checkpoint_every: int = field(default=0, metadata={"section": "tracking"})
+    # layers measured at every measurement too (module names or glob patterns, conv maps
+    # averaged over space): metrics.jsonl rows get "layers": {name: metrics}
+    layers: list[str] = field(default_factory=list, metadata={"section": "tracking"})
 
     def validate(self) -> TrainConfig:
         """Check every value; raise ``ValueError`` naming the field and the valid choices."""
@@ -131,6 +134,10 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.layers, (list, tuple)) or not all(
+                isinstance(p, str) and p for p in self.layers):
+            raise ValueError(f"layers must be a list of module names or glob patterns, got "
+                             f"{self.layers!r}")
         if not isinstance(self.dataset_options, dict):
             raise ValueError("dataset_options must be a table of keyword options for the dataset")
         return self
@@ -325,6 +332,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, Mapping):
                 raise TypeError
             return dict(value)
+        if typ.startswith("list[str]"):
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
     except (TypeError, ValueError):
         kind = typ.replace(" | None", " (or none)")
         raise ValueError(f"{source}: {key} must be {kind}, got {value!r}") from None

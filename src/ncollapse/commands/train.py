@@ -17,7 +17,7 @@ _FLAG_FIELDS = (
     "batchnorm", "fixed_etf_classifier", "loss", "label_smoothing", "mse_scale", "focal_gamma",
     "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "seed",
     "device", "deterministic", "num_measurements", "snapshot_per_class", "measure_test",
-    "checkpoint_every",
+    "checkpoint_every", "layers",
 )
 
 
@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--snapshot-per-class", type=int, help="samples per class in snapshots")
     g.add_argument("--measure-test", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (0: auto)")
+    g.add_argument("--layers", nargs="+", metavar="PATTERN",
+                   help="also measure these layers (module names or glob patterns such as "
+                        "'body.*'; conv maps averaged over space) at every measurement")
     p.set_defaults(func=run)
 
 

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from ncollapse import distributed as D
+from ncollapse.collect import measure_model
 from ncollapse.config import TrainConfig
 from ncollapse.metrics import NCAccumulator, measure, mse_decomposition
 
-__all__ = ["Evaluation", "TrainingDiverged", "evaluate", "mse_terms", "snapshot_of"]
+__all__ = ["Evaluation", "TrainingDiverged", "evaluate", "layer_metrics", "mse_terms",
+           "snapshot_of"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,6 +71,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInf
         result.means, result.global_mean = _class_means(f, labels_all, num_classes, info)
     result.features, result.labels = f, labels_all
     return result
+
+
+def layer_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  info: D.DistInfo) -> dict[str, dict[str, Any]]:
+    """NC metrics of the layers ``cfg.layers`` names (conv maps averaged over space) on
+    (x, y), in forward order, from one :func:`ncollapse.collect.measure_model` call; under
+    torch.distributed each rank passes its strided shard and the statistics are synced."""
+    if info.distributed:
+        x, y = x[info.rank::info.world_size], y[info.rank::info.world_size]
+    bs = cfg.eval_batch_size
+    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, y.shape[0], bs)]
+    by_layer = measure_model(model, batches, layers=list(cfg.layers), pool="avg", cache=True)
+    return {name: m.to_dict() for name, m in by_layer.items()}
 
 
 def mse_terms(ev: Evaluation, model: nn.Module, cfg: TrainConfig, info: D.DistInfo

@@ -31,7 +31,13 @@ from ncollapse.losses import build_loss
 from ncollapse.models import build_model
 from ncollapse.rundir import CHECKPOINT, CONFIG, RunWriter, config_differences, read_status
 from ncollapse.training.checkpoints import checkpoint_due, load_checkpoint, save_checkpoint
-from ncollapse.training.evaluation import TrainingDiverged, evaluate, mse_terms, snapshot_of
+from ncollapse.training.evaluation import (
+    TrainingDiverged,
+    evaluate,
+    layer_metrics,
+    mse_terms,
+    snapshot_of,
+)
 from ncollapse.training.schedule import lr_at, measurement_epochs
 
 __all__ = ["train"]
@@ -160,6 +166,8 @@ def _loop(run: RunWriter, cfg: TrainConfig, out: Path, resume: bool, epochs_chan
                     te = evaluate(model, x_test, y_test, info, cfg, criterion, num_classes,
                                   measure_nc=True, ncc_means=ev.means)
                     row.update(test_loss=te.loss, test_accuracy=1.0 - te.error)
+                if cfg.layers:  # collapse through depth (one pass, every named layer)
+                    row["layers"] = layer_metrics(model, x_train, y_train, cfg, info)
                 if cfg.loss == "mse":
                     terms = mse_terms(ev, model, cfg, info)
                     if terms is not None:
