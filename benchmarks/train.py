@@ -34,6 +34,7 @@ from ncollapse.config import TrainConfig, load_config
 from ncollapse.data import load_dataset
 from ncollapse.losses import build_loss
 from ncollapse.models import build_model
+from ncollapse.rundir import load_run
 from ncollapse.training import lr_at, train
 
 
@@ -69,6 +70,45 @@ def hand_loop(cfg: TrainConfig) -> float:
     return total / len(y)
 
 
+def run_variants(tracked: TrainConfig, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Time the three variants ``repeats`` times, interleaved; also return each variant's final
+    training loss (``train()`` read from its run directory, the hand loop as it returns it)."""
+    bare = tracked.replace(num_measurements=0, snapshot_per_class=0, measure_test=False,
+                           track_train_error=False)
+    tmp = Path(tempfile.mkdtemp(prefix="ncollapse-bench-"))
+    times: dict[str, list[float]] = {"tracked": [], "untracked": [], "hand": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    loss: dict[str, list[float]] = {k: [] for k in times}
+    try:
+        hand_loop(bare.replace(epochs=1))  # warm-up: imports, first-call allocations
+        for r in range(repeats):
+            for name in times:
+                t0, c0 = time.perf_counter(), time.process_time()
+                if name == "hand":
+                    final = hand_loop(bare)
+                else:
+                    cfg = tracked if name == "tracked" else bare
+                    train(cfg, out=tmp / f"{name}-{r}", progress=False)
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+                if name != "hand":
+                    final = load_run(tmp / f"{name}-{r}").epochs[-1]["train_loss"]
+                loss[name].append(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"wall": times, "cpu": cpu, "final_loss": loss}
+
+
+def overheads(table: dict[str, list[float]]) -> dict[str, float]:
+    """Tracking and framework overhead of the fastest runs, and of the medians."""
+    best = {k: min(v) for k, v in table.items()}
+    med = {k: statistics.median(v) for k, v in table.items()}
+    return {"tracking": best["tracked"] / best["untracked"] - 1,
+            "framework": best["untracked"] / best["hand"] - 1,
+            "tracking_median": med["tracked"] / med["untracked"] - 1,
+            "framework_median": med["untracked"] / med["hand"] - 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="demo")
@@ -85,46 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     elif args.epochs:
         over["epochs"] = args.epochs
     tracked = load_config(args.preset, overrides=over)
-    bare = tracked.replace(num_measurements=0, snapshot_per_class=0, measure_test=False,
-                           track_train_error=False)
     print(f"preset {args.preset}: {tracked.dataset}, {tracked.model} width {tracked.width} "
           f"depth {tracked.depth}, {tracked.epochs} epochs, {tracked.num_measurements} "
           f"measurements, threads {args.threads}, best of {args.repeats}")
-
-    tmp = Path(tempfile.mkdtemp(prefix="ncollapse-bench-"))
-    times: dict[str, list[float]] = {"tracked": [], "untracked": [], "hand": []}
-    cpu: dict[str, list[float]] = {k: [] for k in times}
-    try:
-        hand_loop(bare.replace(epochs=1))  # warm-up: imports, first-call allocations
-        for r in range(args.repeats):
-            for name in times:
-                t0, c0 = time.perf_counter(), time.process_time()
-                if name == "hand":
-                    hand_loop(bare)
-                else:
-                    cfg = tracked if name == "tracked" else bare
-                    train(cfg, out=tmp / f"{name}-{r}", progress=False)
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for title, table in (("wall time", times), ("CPU time", cpu)):
-        best = {k: min(v) for k, v in table.items()}
+    result = run_variants(tracked, args.repeats)
+    for title, key in (("wall time", "wall"), ("CPU time", "cpu")):
+        table = result[key]
         print(f"{title}:")
         for name, label in (("tracked", "train() with tracking"),
                             ("untracked", "train() without tracking"),
                             ("hand", "hand-written loop")):
             runs = ", ".join(f"{t:.2f}" for t in table[name])
-            print(f"  {label:28s} {best[name]:8.2f} s   (runs: {runs})")
-        track = best["tracked"] / best["untracked"] - 1
-        frame = best["untracked"] / best["hand"] - 1
-        med = {k: statistics.median(v) for k, v in table.items()}
-        med_track = med["tracked"] / med["untracked"] - 1
-        med_frame = med["untracked"] / med["hand"] - 1
-        print(f"  tracking overhead   {100 * track:+6.1f} %   (target <= 10 %; "
-              f"medians: {100 * med_track:+.1f} %)")
-        print(f"  framework overhead  {100 * frame:+6.1f} %   (target <= 5 %; "
-              f"medians: {100 * med_frame:+.1f} %)")
+            print(f"  {label:28s} {min(table[name]):8.2f} s   (runs: {runs})")
+        o = overheads(table)
+        print(f"  tracking overhead   {100 * o['tracking']:+6.1f} %   (target <= 10 %; "
+              f"medians: {100 * o['tracking_median']:+.1f} %)")
+        print(f"  framework overhead  {100 * o['framework']:+6.1f} %   (target <= 5 %; "
+              f"medians: {100 * o['framework_median']:+.1f} %)")
     return 0
 
 

@@ -6,18 +6,18 @@ import shutil
 
 import numpy as np
 import pytest
-from _runfactory import make_run
+from conftest import write_run
 from PIL import Image
 
 from ncollapse import animation as A
 from ncollapse.geometry import is_simplex_etf, random_orthonormal, simplex_etf
-from ncollapse.runs import load_run
+from ncollapse.rundir import load_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("anim") / "run", classes=5, dim=10, epochs=40,
-                    measurements=7, onset=10, per_class=10)
+    return write_run(tmp_path_factory.mktemp("anim") / "run", classes=5, dim=10, epochs=40,
+                     measurements=7, onset=10, per_class=10).path
 
 
 def _collapsed(classes: int, dim: int, per_class: int, *, seed: int, noise: float = 0.0):
@@ -116,7 +116,7 @@ def test_run_frames_follow_the_snapshots(run_dir):
 
 
 def test_damaged_or_missing_snapshots(tmp_path):
-    run_dir = make_run(tmp_path / "r", epochs=20, measurements=5, per_class=4)
+    run_dir = write_run(tmp_path / "r", epochs=20, measurements=5, per_class=4).path
     snaps = sorted((run_dir / "snapshots").iterdir())
     snaps[1].write_bytes(b"PK\x03\x04 not really a zip")
     run = load_run(run_dir)

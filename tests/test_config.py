@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,11 +41,31 @@ def test_papyan_presets_follow_the_paper_protocol():
         assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.9, 5e-4)
         assert (cfg.batch_size, cfg.epochs, cfg.schedule) == (128, 350, "step")
         assert cfg.num_measurements == 50 and cfg.device == "auto"
-        assert cfg.lr in paper_lr_grid()  # one of the 25 grid values
 
 
-def test_demo_lr_is_on_the_grid():
-    assert load_config("demo").lr in paper_lr_grid()
+REPRODUCING = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+
+
+def _rounds_to(shown: str, value: float) -> bool:
+    """Whether ``shown`` (e.g. "0.0679") is ``value`` correctly rounded to its decimals."""
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return abs(float(shown) - value) <= 0.5 * 10.0**-decimals
+
+
+def test_preset_learning_rates_are_the_documented_values():
+    """The presets' learning rates are the values docs/reproducing.md states, and the grid
+    position it names holds that value (so code, grid and documentation cannot drift)."""
+    text = " ".join(REPRODUCING.read_text(encoding="utf-8").split())
+    table = dict(re.findall(r"\| `(papyan-[\w-]+)` \|[^|]*\|[^|]*\| ([\d.]+) \|", text))
+    assert set(table) == {"papyan-mnist", "papyan-fashion-mnist", "papyan-cifar10"}
+    for name, lr in table.items():
+        assert _rounds_to(lr, load_config(name).lr), name
+    stated = re.search(r"The learning rate ([\d.]+) is the (\d+)(?:st|nd|rd|th) value of the "
+                       r"paper's grid", text)
+    assert stated is not None
+    assert _rounds_to(stated.group(1), paper_lr_grid()[int(stated.group(2)) - 1])
+    demo = re.search(r"SGD \(lr ([\d.]+) from the paper's grid", text)
+    assert demo is not None and _rounds_to(demo.group(1), load_config("demo").lr)
 
 
 def test_paper_lr_grid_is_25_log_spaced_values():
