@@ -17,6 +17,7 @@ from ncollapse.rundir import load_run
 from ncollapse.training import measurement_epochs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.slow  # each example starts a fresh Python process
 
 
 def run_example(name: str, *args: str) -> str:

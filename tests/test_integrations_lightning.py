@@ -196,6 +196,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_process_gloo_ddp_gives_the_single_process_numbers(tmp_path):
     script = tmp_path / "worker.py"
