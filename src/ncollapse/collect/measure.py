@@ -84,10 +84,10 @@ class _Layers:
                logits: torch.Tensor | None) -> None:
         if not self.acc:
             c = self._classes()
-            options = {"per_class": True} if self.per_class else {}
             for name in self.tap.names:
                 self.acc[name] = NCAccumulator(num_classes=c, ncc_means=self._means_for(name),
-                                               full_covariance=self.full_covariance, **options)
+                                               full_covariance=self.full_covariance,
+                                               per_class=self.per_class)
         for name, f in feats.items():
             own = self.tap.with_classifier[name] and logits is not None
             self.acc[name].update(f, y, logits if own else None)
