@@ -18,6 +18,7 @@ from ncollapse.theory.implicit_bias import (
     gd_cross_entropy,
     gd_logistic,
     hard_margin_svm,
+    noise_regimes,
     separable_binary_data,
 )
 
@@ -174,3 +175,44 @@ def test_cli_implicit_bias(tmp_path) -> None:
     assert res["metrics"]["self_duality"] < 1e-12
     assert res["binary"]["norm_slope"] > 0
     assert (tmp_path / "theory-implicit-bias.png").is_file()
+
+
+def _independent_cs_self_duality(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Crammer–Singer SVM by sklearn's liblinear (huge C = hard margin), NC3 by hand."""
+    from sklearn.svm import LinearSVC
+
+    w = LinearSVC(multi_class="crammer_singer", C=1e6, fit_intercept=False, tol=1e-10,
+                  max_iter=1_000_000).fit(x, y).coef_
+    means = np.stack([x[y == c].mean(axis=0) for c in range(k)])
+    centred = means - means.mean(axis=0)
+    return float(np.sum((w / np.linalg.norm(w) - centred / np.linalg.norm(centred)) ** 2))
+
+
+def test_self_duality_regimes() -> None:
+    """GD starts exactly at the class means and moves to its SVM limit, whose self-duality is
+    O(σ²): near 0 only as σ → 0 (docs/theory/implicit-bias.md)."""
+    small, noisy = noise_regimes(4, 10, 6, (0.01, 0.3), steps=3000, num_records=25)
+    for reg in (small, noisy):
+        x, y, _ = collapsed_data(4, 10, 6, noise=reg["noise"], seed=0)
+        svm_sd = _independent_cs_self_duality(x, y, 4)
+        assert abs(reg["svm_self_duality"] - svm_sd) < 1e-6
+        sd = reg["self_duality"][1:]  # step 0 is W = 0
+        assert sd[0] < 1e-20  # the first step is along the centred class means
+        assert np.all(np.diff(sd) > -1e-12)  # and self-duality only grows...
+        assert sd[-1] < svm_sd  # ...towards the SVM's
+    ratio = (small["noise"] / noisy["noise"]) ** 2
+    assert small["svm_self_duality"] < 2 * ratio * noisy["svm_self_duality"]
+    assert noisy["self_duality"][-1] > 0.5 * noisy["svm_self_duality"]
+
+
+def test_cli_regimes_without_figures(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    assert main(["theory", "implicit-bias", "--steps", "2000", "--regime-noises", "0.01 0.3",
+                 "--no-figures", "--out", str(tmp_path), "--json", str(path)]) == 0
+    res = json.loads(path.read_text())
+    assert res["figures"] == []
+    assert [r["noise"] for r in res["self_duality_regimes"]] == [0.01, 0.3]
+    noisy = res["self_duality_regimes"][1]
+    assert noisy["self_duality"][0] is None  # W = 0 at t = 0
+    assert noisy["svm_self_duality"] == pytest.approx(
+        res["svm_self_duality_vs_noise"][0]["self_duality"], rel=1e-9)

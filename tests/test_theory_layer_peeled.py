@@ -137,3 +137,89 @@ def test_cli_imbalanced_and_flags(tmp_path, capsys):
     capsys.readouterr()
     assert _cli(tmp_path, "--lambda-w", "0.1", "--no-figures") is None
     assert "norm budgets" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _sdp_minority(majority, minority, ratio, energy):
+    """Independent check: Fang et al.'s convex program on the Gram matrix, solved in the test.
+
+    Returns (mean pairwise cosine of the minority classifiers, minority/majority ratio of the
+    mean squared classifier norms)."""
+    import cvxpy as cp
+
+    c = majority + minority
+    counts = np.array([ratio] * majority + [1.0] * minority)
+    pi = counts / counts.sum()
+    z = cp.Variable((2 * c, 2 * c), PSD=True)
+    loss = sum(pi[k] * (cp.log_sum_exp(z[c:, k]) - z[c + k, k]) for k in range(c))
+    prob = cp.Problem(cp.Minimize(loss), [cp.trace(z[:c, :c]) <= c * energy,
+                                          cp.trace(z[c:, c:]) <= c * energy])
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    g = z.value[c:, c:]
+    sq = np.diag(g)
+    idx = np.arange(majority, c)
+    cos = g[np.ix_(idx, idx)] / np.sqrt(np.outer(sq[idx], sq[idx]))
+    mean_cos = cos[~np.eye(minority, dtype=bool)].mean()
+    return float(mean_cos), float(sq[idx].mean() / sq[:majority].mean())
+
+
+def test_collapse_threshold_is_bracketed():
+    th = lp.collapse_threshold(majority=3, minority=3, dim=12, energy_w=2.0, energy_h=2.0,
+                               ratio_max=1e3, rtol=0.02)
+    lo, hi = th["bracket"]
+    assert 1 < lo < hi <= lo * 1.02
+    assert th["cosine_lo"] < 1 - 1e-6 <= th["cosine_hi"]
+    assert th["vanish_bracket"] is None
+    below, _ = _sdp_minority(3, 3, lo / 1.15, 2.0)
+    above, _ = _sdp_minority(3, 3, hi * 1.15, 2.0)
+    assert below < 1 - 1e-3 and above > 1 - 1e-4
+
+
+def test_vanishing_minority_rows_are_detected():
+    """Small budgets: past a threshold the minority classifiers vanish; their cosines are not
+    reported (E = 0.5 here with C = 6; E = 1 with the CLI's C = 10)."""
+    rows = lp.sweep_ratio(majority=3, minority=3, dim=12, energy_w=0.5, energy_h=0.5,
+                          ratios=[1.0, 10.0], sdp=True)
+    assert rows[0]["minority_vanished"] is False
+    assert rows[0]["minority_cosine"] == pytest.approx(-1 / 5, abs=1e-6)
+    gone = rows[1]
+    assert gone["minority_vanished"] is True and gone["minority_norm_ratio"] < 1e-6
+    assert gone["minority_cosine"] is None and gone["sdp_minority_cosine"] is None
+    assert "sdp_minority_cosine_noise" in gone
+    _, sq_ratio = _sdp_minority(3, 3, 10.0, 0.5)
+    assert sq_ratio < 1e-8  # independently: the minority rows are (numerically) zero
+    th = lp.collapse_threshold(majority=3, minority=3, dim=12, energy_w=0.5, energy_h=0.5,
+                               ratio_max=10.0, rtol=0.05)
+    v_lo, v_hi = th["vanish_bracket"]
+    assert th["bracket"][1] <= v_hi  # parallel first (or at once), then gone
+    assert _sdp_minority(3, 3, v_lo / 1.15, 0.5)[1] > 1e-4
+    assert _sdp_minority(3, 3, v_hi * 1.15, 0.5)[1] < 1e-8
+
+
+def test_sdp_agreement_is_the_largest_gap():
+    rows = [{"ratio": 1.0, "objective": 1.0, "sdp_objective": 1.0 + 2e-10,
+             "minority_cosine": 0.1, "sdp_minority_cosine": 0.1 + 3e-5},
+            {"ratio": 5.0, "objective": 0.5, "sdp_objective": 0.5 - 5e-10,
+             "minority_cosine": 0.9, "sdp_minority_cosine": 0.9 - 1e-4},
+            {"ratio": 9.0, "objective": 0.2, "sdp_objective": 0.2,
+             "minority_cosine": None, "sdp_minority_cosine": None}]
+    ag = lp.sdp_agreement(rows)
+    assert ag["max_objective_gap"] == pytest.approx(5e-10, rel=1e-6)
+    assert ag["objective_gap_ratio"] == 5.0
+    assert ag["max_cosine_gap"] == pytest.approx(1e-4, rel=1e-6)
+    assert ag["cosine_gap_ratio"] == 5.0
+
+
+def test_cli_sweeps_and_thresholds_without_figures(tmp_path):
+    out = _cli(tmp_path, "--classes", "6", "--per-class", "1", "--dim", "12",
+               "--sweep-points", "4", "--max-ratio", "30", "--sweep-energies", "2,2",
+               "--restarts", "1", "--threshold-rtol", "0.1", "--no-figures")
+    assert out["figures"] == [] and not list(tmp_path.glob("*.png"))
+    assert len(out["sweep"]["2,2"]) == 4
+    lo, hi = out["thresholds"]["2,2"]["bracket"]
+    assert hi / lo <= 1.1
+    rows = out["sweep"]["2,2"]
+    gaps = [abs(r["objective"] - r["sdp_objective"]) for r in rows]
+    assert out["sdp_agreement"]["2,2"]["max_objective_gap"] == max(gaps) < 1e-6

@@ -17,7 +17,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "mse_decomposition": "ncollapse.theory.central_path",
+    "mse_decomposition": "ncollapse.metrics",
 }
 
 

@@ -154,18 +154,25 @@ def layer_peeled_figure(sweeps: dict[str, list[dict[str, Any]]], *, classes: int
         th = (thresholds or {}).get(key)
         if th is not None and th.get("bracket") is not None:
             lo, hi = th["bracket"]
-            axes[0].axvspan(lo, hi, color=f"C{k}", alpha=0.25, lw=0)
+            axes[0].plot([math.sqrt(lo * hi)], [1.08], "v", color=f"C{k}", ms=8, mec="k",
+                         mew=0.6)
+        if th is not None and th.get("vanish_bracket") is not None:
+            lo, hi = th["vanish_bracket"]
+            axes[1].plot([math.sqrt(lo * hi)], [1e-11], "x", color=f"C{k}", ms=9, mew=2)
+            axes[1].annotate(f"minority rows vanish (E = {ew})\ncosines undefined",
+                             (math.sqrt(lo * hi), 1e-11), xytext=(12, 20),
+                             textcoords="offset points", fontsize=8, color=f"C{k}")
     ax = axes[0]
     ax.plot([], [], "ko", mfc="none", label="convex SDP (Clarabel)")
     if thresholds:
-        ax.fill_between([], [], color="0.6", alpha=0.4,
-                        label="threshold bracket (bisection: cos > 1 − 1e-6)")
+        ax.plot([], [], "v", color="0.6", mec="k", mew=0.6,
+                label="threshold (bisection: cos ≥ 1 − 1e-6)")
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.axhline(-1.0 / (c - 1), color="0.5", lw=0.8, ls="--", label="ETF cosine −1/(C−1)")
     ax.set_xlabel("imbalance ratio R = n_A / n_B")
     ax.set_ylabel("mean cosine between minority classifiers")
     ax.set_title(f"minority collapse (C_A = {majority}, C_B = {c - majority}, d = {dim})")
-    ax.set_ylim(-0.2, 1.42)
+    ax.set_ylim(-0.2, 1.62)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax = axes[1]
     ax.set_xlabel("imbalance ratio R")
@@ -347,7 +354,7 @@ def implicit_bias_figure(curves: list[dict[str, Any]],
         for i, reg in enumerate(regimes):
             t = np.asarray(reg["steps"], dtype=np.float64)
             sd = np.asarray(reg["self_duality"], dtype=np.float64)
-            keep = t >= 1
+            keep = t >= 2  # at t = 1, W is exactly along the centred means (NC3 ≈ 1e-31)
             color = f"C{i + 2}"
             ax.plot(t[keep], np.maximum(sd[keep], 1e-30), "-", color=color, lw=1.6,
                     label=f"σ = {reg['noise']:g}: GD")
@@ -355,6 +362,8 @@ def implicit_bias_figure(curves: list[dict[str, Any]],
                        label=f"σ = {reg['noise']:g}: SVM limit")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.text(0.03, 0.03, "t = 1: W(1) ∝ centred means (NC3 ≈ 0)", transform=ax.transAxes,
+                fontsize=8)
         ax.set_ylabel("self-duality ‖W/‖W‖ − M̃/‖M̃‖‖²")
         ax.set_title("GD classifier vs class means:\n→ its SVM's value, not 0 unless σ → 0",
                      fontsize=10)

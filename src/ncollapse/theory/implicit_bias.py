@@ -262,7 +262,10 @@ class GDTrajectory:
 
 
 def _record_steps(steps: int, num_records: int) -> np.ndarray:
-    return np.unique(np.concatenate([[0], np.geomspace(1, steps, num_records).astype(np.int64)]))
+    """0, ``num_records`` log-spaced steps up to ``steps``, and every power of 10 below it."""
+    decades = 10 ** np.arange(int(np.log10(max(steps, 1))) + 1)
+    return np.unique(np.concatenate([[0], np.geomspace(1, steps, num_records).astype(np.int64),
+                                     decades[decades <= steps]]))
 
 
 def gd_logistic(x: Any, labels: Any, *, steps: int = 100_000, lr_scale: float = 1.0,

@@ -381,8 +381,8 @@ def collapse_threshold(*, majority: int, minority: int, dim: int, energy_w: floa
     def vanished(r: float) -> bool:
         return state(r)[1] < VANISHED_NORM_RATIO
 
-    def bisect(pred: Any) -> tuple[float, float] | None:
-        lo, hi = 1.0, float(ratio_max)
+    def bisect(pred: Any, lo: float = 1.0) -> tuple[float, float] | None:
+        hi = float(ratio_max)
         if pred(lo) or not pred(hi):
             return None
         while hi / lo > 1.0 + rtol:
@@ -396,6 +396,7 @@ def collapse_threshold(*, majority: int, minority: int, dim: int, energy_w: floa
     if bracket is not None:
         out.update(cosine_lo=state(bracket[0])[0], cosine_hi=state(bracket[1])[0],
                    norm_ratio_lo=state(bracket[0])[1], norm_ratio_hi=state(bracket[1])[1])
-    out["vanish_bracket"] = bisect(vanished)
+    # vanished rows count as collapsed, so the rows vanish at or above the collapse threshold
+    out["vanish_bracket"] = None if bracket is None else bisect(vanished, bracket[0])
     out["solves"] = len(cache)
     return out

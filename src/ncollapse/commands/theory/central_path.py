@@ -33,7 +33,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     """Flow, checks against the exact dynamics, the run's decomposition if given."""
-    from ncollapse.theory import figures as theory_figures  # matplotlib: reads the run dir too
+    # heavy (matplotlib): imported only when this command runs; it also reads the --run dir
+    from ncollapse.theory import figures as theory_figures
 
     c, n, d = args.classes, args.per_class, args.dim
     run_data = theory_figures.read_mse_decomposition(args.run) if args.run is not None else None

@@ -107,9 +107,10 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     for reg in regimes:
         t1, v1 = _at(reg["steps"], reg["self_duality"], 100)
         t2, v2 = float(reg["steps"][-1]), float(reg["self_duality"][-1])
-        which = ("σ → 0 regime: the SVM limit is (nearly) self-dual, GD stays at the means"
-                 if reg["svm_self_duality"] < 1e-2 else
-                 "noisy regime: GD moves AWAY from the class means, towards the SVM")
+        which = ("σ → 0 regime: the SVM limit is self-dual up to O(σ²), so GD stays close "
+                 "to the means" if reg["svm_self_duality"] < 1e-2 else
+                 "noisy regime: GD starts along the class means and moves AWAY from them, "
+                 "towards the SVM")
         summary.append(f"self-duality of GD, σ={reg['noise']:g}: t=1: "
                        f"{reg['self_duality'][1]:.2g}, t={t1}: {v1:.3g}, t={t2:g}: {v2:.3g}, "
                        f"SVM limit {reg['svm_self_duality']:.3g} ({which})")

@@ -142,7 +142,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
             b = th["bracket"]
             summary.append(
                 f"    threshold (cos >= 1 - {th['cos_tol']:g}) by bisection: "
-                + (f"R in [{b[0]:.4g}, {b[1]:.4g}] (cos {th['cosine_lo']:.4f} -> "
+                + (f"R in [{b[0]:.4g}, {b[1]:.4g}] (cos {th['cosine_lo']:.7f} -> "
                    f"{th['cosine_hi']:.7f})" if b is not None
                    else f"none up to R={th['ratio_max']:g}")
                 + (f"; minority rows vanish for R in [{th['vanish_bracket'][0]:.4g}, "
