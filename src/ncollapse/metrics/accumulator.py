@@ -326,7 +326,7 @@ class NCAccumulator:
             out.cdnv = cdnv(ss / st.n, pm.inv_dist)
         if self.per_class:
             out.per_class = per_class_stats(
-                classes=st.present, counts=s1["counts"][st.sel], means=st.mu,
+                classes=st.present, counts=s1["counts"][st.sel], means=st.means(),
                 global_mean=st.mu_g, within_ss=ss, nc1_terms=nc1_terms, num_samples=st.total,
                 weight=None if clf is None else clf.weight[st.sel])
 
@@ -399,7 +399,9 @@ class NCAccumulator:
             src = {k: v.to(self.device) for k, v in other._state.items()}
             S.merge_state(self._state, src, self._specs1)
         else:
-            if not torch.equal(self._tables.mu, other._tables.mu.to(self.device)):
+            if not (torch.equal(self._tables.stats.mt, other._tables.stats.mt.to(self.device))
+                    and torch.equal(self._tables.stats.mu_g,
+                                    other._tables.stats.mu_g.to(self.device))):
                 raise ValueError("cannot merge pass-2 accumulators whose frozen means differ; "
                                  "merge (or sync) the pass-1 states before begin_second_pass()")
             src = {k: v.to(self.device) for k, v in other._state2.items()}

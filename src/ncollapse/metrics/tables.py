@@ -58,10 +58,16 @@ class MeanStats:
     cp: int
     n: torch.Tensor  # (cp,) counts
     total: int
-    mu: torch.Tensor  # (cp, d) class means
     mt: torch.Tensor  # (cp, d) centred class means mu_c - mu_G
     mu_g: torch.Tensor  # (d,) global mean
     pairs: PairStats  # of the rows of mt, with distances
+
+    shift: torch.Tensor  # (cp, d) the class shifts (views of the state when all are present)
+    sums: torch.Tensor  # (cp, d) sums of h - shift
+
+    def means(self) -> torch.Tensor:
+        """(cp, d) class means shift + sums / n (exactly a sample when a class is constant)."""
+        return self.shift + self.sums / self.n[:, None]
 
 
 def mean_stats(shift: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, tile: int
@@ -79,8 +85,9 @@ def mean_stats(shift: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, ti
     a = (sh - sh[0]) + m
     a_g = (n[:, None] * a).sum(0) / total
     mt = a - a_g
-    return MeanStats(present, sel, cp, n, total, sh + m, mt, sh[0] + a_g,
-                     pairwise_stats(mt, tile, distances=True))
+    del a, m
+    return MeanStats(present, sel, cp, n, total, mt, sh[0] + a_g,
+                     pairwise_stats(mt, tile, distances=True), sh, sums[sel])
 
 
 @dataclass
@@ -96,7 +103,6 @@ class Pass2Tables:
     stats: MeanStats
     pos: torch.Tensor  # (C,) position among the present classes, -1 if absent
     anchor: torch.Tensor  # (C, d) compute dtype (absent rows zero)
-    mu: torch.Tensor  # (C, d) float64 (absent rows zero)
     vt: torch.Tensor  # (k, d) compute dtype, V^T
     inv_s: torch.Tensor  # (k,) compute dtype
     s: torch.Tensor  # (k,) float64
@@ -124,30 +130,33 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
                 ncc_means: torch.Tensor | None, tol: float) -> Pass2Tables:
     """The frozen tables for pass 2 from the pass-1 means (see ``Pass2Tables``); ``tol`` is
     the relative rounding bound of the decisions (0: no float64 re-check)."""
-    dev, c = stats.mu.device, num_classes
-    d = stats.mu.shape[1]
+    dev, c = stats.mt.device, num_classes
+    d = stats.mt.shape[1]
     v, s, s_drop = spectrum(stats.mt)
-    mu = torch.zeros(c, d, dtype=_F64, device=dev)
-    mu[stats.sel] = stats.mu
-    anchor = mu.to(ct)
-    e = mu - anchor.to(_F64)
+    mu = stats.means()
+    anchor = torch.zeros(c, d, dtype=ct, device=dev)
+    anchor[stats.sel] = mu.to(ct)
+    e = torch.zeros(c, d, dtype=_F64, device=dev)
+    e[stats.sel] = mu.sub_(anchor[stats.sel])
+    del mu
     ev = e @ v
     pos = torch.full((c,), -1, dtype=torch.int64, device=dev)
     pos[stats.sel] = torch.arange(stats.cp, device=dev)
     g = stats.mu_g.to(ct)
     g64 = g.to(_F64)
     tab = Pass2Tables(
-        stats=stats, pos=pos, anchor=anchor, mu=mu, vt=v.T.to(ct).contiguous(),
+        stats=stats, pos=pos, anchor=anchor, vt=v.T.to(ct).contiguous(),
         inv_s=(1.0 / s).to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
-        ss_corr=(e * e).sum(1), g=g, radius=None, a_table=None, su_t=None, q=None, q64=None,
-        su_max=0.0, q_max=0.0, tol=tol)
+        ss_corr=torch.linalg.vecdot(e, e), g=g, radius=None, a_table=None, su_t=None, q=None,
+        q64=None, su_max=0.0, q_max=0.0, tol=tol)
     if ncc_means is None:
         rho = stats.pairs.nearest_sq.sqrt()
         radius = torch.zeros(c, dtype=_F64, device=dev)
         radius[stats.sel] = 0.5 * (1 - 1e-3) * rho - 2.0 * s_drop - ev[stats.sel].norm(dim=1)
         su = stats.mt @ v  # (cp, k)
         tab.radius = radius.to(ct)
-        tab.a_table = ((anchor.to(_F64) - g64) @ v).to(ct)
+        tab.a_table = torch.zeros(c, v.shape[1], dtype=ct, device=dev)
+        tab.a_table[stats.sel] = ((stats.mt - e[stats.sel] + (stats.mu_g - g64)) @ v).to(ct)
         tab.su_t = (-2.0 * su).to(ct).contiguous().T
         dg = stats.mt + (stats.mu_g - g64)
         tab.q = (dg * dg).sum(1).to(ct)
