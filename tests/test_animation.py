@@ -194,3 +194,26 @@ def test_cli_animate(run_dir, tmp_path, capsys):
                "--per-class", "3", "--dim", "3", "--out", str(tmp_path / "u.gif"), "--no-mp4"])
     assert rc == 0 and (tmp_path / "u.gif").is_file()
     assert "last step 300" in capsys.readouterr().out
+
+
+def test_nonfinite_snapshot_is_skipped_with_a_note(tmp_path, capsys):
+    from ncollapse.cli import main
+    from ncollapse.rundir import RunWriter
+
+    rng = np.random.default_rng(0)
+    c, d = 3, 4
+    labels = np.repeat(np.arange(c), 6)
+    with RunWriter(tmp_path / "run", {"model": {"name": "mlp"}}, epochs=3) as run:
+        for e in (1, 2, 3):
+            means = rng.standard_normal((c, d)) * 3
+            feats = means[labels] + 0.1 * rng.standard_normal((labels.size, d))
+            if e == 2:
+                feats[0, 0] = np.nan  # a diverging measurement
+            run.log_measurement(e, train={"nc1": 1.0}, snapshot={
+                "features": feats, "labels": labels, "means": means,
+                "weight": rng.standard_normal((c, d))})
+    frames = A.run_frames(tmp_path / "run")
+    assert [f.epoch for f in frames] == [1, 3]
+    assert main(["animate", str(tmp_path / "run"), "--no-mp4"]) == 0
+    out = capsys.readouterr().out
+    assert "note: snapshot of epoch 2 skipped: its features hold NaN/Inf" in out

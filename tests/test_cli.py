@@ -46,3 +46,16 @@ def test_missing_optional_extra_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("ncollapse measure: error: tensorboard is not installed; "
                    "pip install 'ncollapse[tensorboard]'\n")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plot", "RUN", "--dpi", "20000"], "argument --dpi: must be in [10, 1200], got 20000"),
+    (["animate", "--ufm", "--lr", "1e9"], "argument --lr: must be in (0, 10], got 1e9"),
+    (["animate", "--ufm", "--fps", "0"], "argument --fps: must be in (0, 60], got 0"),
+    (["animate", "--ufm", "--steps", "x"], "argument --steps: expected an integer in"),
+])
+def test_out_of_range_arguments_are_refused_with_the_range(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -175,18 +175,27 @@ def run_frames(run: str | Path | Run, *, classes: int | None = None,
     for epoch in epochs:
         try:
             snap = load_snapshot(run.snapshots[epoch])
-        except ValueError as exc:
-            skipped.append(str(exc))
+        except (ValueError, OSError) as exc:
+            skipped.append(f"snapshot of epoch {epoch} skipped: {exc}")
+            continue
+        bad = [k for k in ("features", "means", "weight")
+               if k in snap and not np.isfinite(snap[k]).all()]
+        if bad:
+            skipped.append(f"snapshot of epoch {epoch} skipped: its {', '.join(bad)} hold "
+                           "NaN/Inf")
             continue
         if ids is None:
             ids = choose_classes(snap["means"].shape[0], snap["means"].shape[1], classes,
                                  class_ids)
         nc1 = float(snap["nc1"]) if "nc1" in snap else run.value(run.row_at(epoch), "train.nc1")
-        frames.append(project_frame(
-            snap["features"], snap["labels"], snap["means"], ids, weight=snap.get("weight"),
-            epoch=int(snap.get("epoch", epoch)), nc1=nc1,
-            in_tpt=onset is not None and epoch >= onset, max_per_class=max_per_class,
-            class_names=[names[c] for c in ids] if names else None))
+        try:
+            frames.append(project_frame(
+                snap["features"], snap["labels"], snap["means"], ids, weight=snap.get("weight"),
+                epoch=int(snap.get("epoch", epoch)), nc1=nc1,
+                in_tpt=onset is not None and epoch >= onset, max_per_class=max_per_class,
+                class_names=[names[c] for c in ids] if names else None))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            skipped.append(f"snapshot of epoch {epoch} skipped: {exc}")
     if not frames:
         raise ValueError(f"{run.path}: no readable snapshot ({'; '.join(skipped)})")
     run.problems.extend(skipped)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ncollapse.commands._args import float_in, int_in
+
 # Library imports happen inside run(): ``ncollapse --help`` imports every command module,
 # and torch/matplotlib would make it slow.
 
@@ -28,25 +30,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(default: 4 when possible)")
     sel.add_argument("--class-ids", default=None, metavar="I,J,K[,L]",
                      help="comma-separated ids of the 3 or 4 classes to draw")
-    p.add_argument("--fps", type=float, default=6.0, help="frames per second (default: 6)")
+    p.add_argument("--fps", type=float_in(0, 60, open_lo=True), default=6.0,
+                   help="frames per second, in (0, 60] (default: 6)")
     p.add_argument("--mp4", action=argparse.BooleanOptionalAction, default=None,
                    help="also write an MP4 (default: when ffmpeg is on PATH)")
-    p.add_argument("--max-frames", type=int, default=60,
+    p.add_argument("--max-frames", type=int_in(2, 10000), default=60,
                    help="at most this many frames, evenly thinned (default: 60)")
     p.add_argument("--frames", type=Path, default=None, metavar="DIR",
                    help="also save every frame as a PNG in DIR")
     u = p.add_argument_group("unconstrained features model (--ufm)")
     u.add_argument("--ufm", action="store_true",
                    help="animate plain gradient descent on the UFM instead of a run")
-    u.add_argument("--per-class", type=int, default=15, help="samples per class (default: 15)")
-    u.add_argument("--dim", type=int, default=6, help="feature dimension (default: 6)")
+    u.add_argument("--per-class", type=int_in(1, 1000), default=15,
+                   help="samples per class (default: 15)")
+    u.add_argument("--dim", type=int_in(2, 4096), default=6, help="feature dimension (default: 6)")
     u.add_argument("--loss", choices=("ce", "mse"), default="ce", help="loss (default: ce)")
-    u.add_argument("--lambda-w", type=float, default=5e-3, help="weight decay on W")
-    u.add_argument("--lambda-h", type=float, default=5e-3, help="weight decay on H")
-    u.add_argument("--lambda-b", type=float, default=5e-3, help="weight decay on b")
-    u.add_argument("--steps", type=int, default=3000, help="gradient steps (default: 3000)")
-    u.add_argument("--lr", type=float, default=0.5, help="step size (default: 0.5)")
-    u.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    u.add_argument("--lambda-w", type=float_in(0, 10), default=5e-3, help="weight decay on W")
+    u.add_argument("--lambda-h", type=float_in(0, 10), default=5e-3, help="weight decay on H")
+    u.add_argument("--lambda-b", type=float_in(0, 10), default=5e-3, help="weight decay on b")
+    u.add_argument("--steps", type=int_in(1, 10**7), default=3000,
+                   help="gradient steps (default: 3000)")
+    u.add_argument("--lr", type=float_in(0, 10, open_lo=True), default=0.5,
+                   help="step size, in (0, 10] (default: 0.5)")
+    u.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="random seed (default: 0)")
     p.set_defaults(func=run)
 
 
@@ -72,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
         if args.run_dir is None:
             raise ValueError("give a RUN_DIR to animate (or --ufm for the unconstrained "
                              "features model)")
-        frames = A.run_frames(args.run_dir, classes=args.classes, class_ids=class_ids,
+        from ncollapse.rundir import load_run
+
+        run = load_run(args.run_dir)
+        frames = A.run_frames(run, classes=args.classes, class_ids=class_ids,
                               max_frames=args.max_frames)
+        for problem in run.problems:  # damaged or skipped snapshots are named, never dropped
+            print(f"note: {problem}")
         out = args.out or args.run_dir / "animation.gif"
     if args.frames is not None:
         for frame in frames:

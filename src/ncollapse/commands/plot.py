@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ncollapse.commands._args import int_in
+
 # Library imports happen inside run(): ``ncollapse --help`` imports every command module,
 # and torch/matplotlib would make it slow.
 
@@ -22,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "for several)")
     p.add_argument("--format", default="png,svg", dest="formats",
                    help="comma-separated formats among png, svg, pdf (default: png,svg)")
-    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: 150)")
+    p.add_argument("--dpi", type=int_in(10, 1200), default=150,
+                   help="PNG resolution, 10 to 1200 (default: 150)")
     p.add_argument("--label", action="extend", nargs="+", dest="labels", metavar="NAME",
                    help="legend names of the runs, one per run in order (default: directory "
                         "names)")
