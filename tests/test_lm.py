@@ -93,8 +93,9 @@ def test_tokenizer_round_trip(kjv_tiny, tmp_path) -> None:
     assert again.decode(tokenizer.encode(again, lines[:3]).tolist()) == "\n".join(lines[:3]) + "\n"
 
 
-def test_streamed_equals_measure_on_features_in_memory(kjv_tiny) -> None:
-    """Two streamed passes over batches == measure() on the concatenated features (float64)."""
+def test_streamed_equals_measure_on_features_in_memory(kjv_tiny, tmp_path) -> None:
+    """Two streamed passes over batches == measure() on the concatenated features (float64),
+    whether pass 2 runs the model again or reads pass 1's features back from disk."""
     _, _, ids = kjv_tiny
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=TINY["vocab_size"], block_size=32, n_layer=1, n_head=2,
@@ -109,9 +110,9 @@ def test_streamed_equals_measure_on_features_in_memory(kjv_tiny) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    cap = 3000
-    streamed = measure_lm(model, ids, batch_windows=7, max_positions=cap)
-    feats, labels = zip(*hidden_batches(model, ids, batch_windows=7, max_positions=cap),
+    cap = 1500
+    streamed = measure_lm(model, ids, batch_windows=12, max_positions=cap)
+    feats, labels = zip(*hidden_batches(model, ids, batch_windows=12, max_positions=cap),
                         strict=True)
     h, y = torch.cat(feats), torch.cat(labels)
     assert h.dtype == torch.float64 and h.shape == (cap, 32)
@@ -124,6 +125,9 @@ def test_streamed_equals_measure_on_features_in_memory(kjv_tiny) -> None:
         else:
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
     assert streamed.num_samples == cap
+    spilled = measure_lm(model, ids, batch_windows=12, max_positions=cap, spill_dir=tmp_path)
+    assert spilled.to_dict() == a  # the same features, bit for bit
+    assert list(tmp_path.iterdir()) == []  # the spill file is gone
     assert streamed.ncc_mismatch is not None and streamed.accuracy is not None
 
 
@@ -186,7 +190,7 @@ def test_command_line_runs_a_tiny_text(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "val loss" in out and "NC1" in out
     meta = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert meta["config"]["measure_steps"] == [0, 1, 3, 6]  # the default schedule of 6 steps
+    assert meta["config"]["measure_steps"] == [0, 2, 6]  # the default schedule of 6 steps
     assert meta["config"]["text"] == str(text)
 
 

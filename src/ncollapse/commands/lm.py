@@ -43,8 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"BPE vocabulary = number of classes (default {d.vocab_size})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps ({d.steps})")
     p.add_argument("--measure-steps", type=_ints, metavar="S,S,...",
-                   help="steps at which to measure (default: 0, 1/12, 1/4, 1/2 and all of "
-                        "--steps)")
+                   help="steps at which to measure (default: 0, 1/8, 1/3 and all of --steps)")
     p.add_argument("--measure-positions", type=int,
                    help="measure only the first N training positions (default: all)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,

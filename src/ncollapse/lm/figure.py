@@ -23,6 +23,15 @@ def _present(rows: Sequence[dict[str, Any]], key: str) -> bool:
     return any(r["metrics"].get(key) is not None for r in rows)
 
 
+def _yscale(values: Sequence[float]) -> str:
+    """Log scale for positive values spanning more than a factor 30, symmetric log for
+    values of both signs spanning as much (e.g. a ratio whose denominator passes near 0)."""
+    mags = [abs(v) for v in values if v == v and v != 0.0]
+    if len(mags) < 2 or max(mags) < 30.0 * min(mags):
+        return "linear"
+    return "log" if min(values) > 0 else "symlog"
+
+
 def lm_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """A Figure from the result rows of :func:`ncollapse.lm.train.run_lm`."""
     panels = [p for p in PANELS if _present(rows, p[0][0])]
@@ -58,9 +67,10 @@ def lm_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
         axes[1][j].invert_xaxis()
         if len(keys) > 1:
             axes[0][j].legend(fontsize="small")
-        if keys[0] in ("nc1", "cdnv"):
-            for ax in (axes[0][j], axes[1][j]):
-                ax.set_yscale("log")
+        values = [r["metrics"].get(k) for r in rows for k in keys]
+        scale = _yscale([v for v in values if v is not None])
+        for ax in (axes[0][j], axes[1][j]):
+            ax.set_yscale(scale, **({"linthresh": 1.0} if scale == "symlog" else {}))
     if title:
         fig.suptitle(title)
     return fig

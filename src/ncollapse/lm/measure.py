@@ -6,7 +6,9 @@ features plus the accumulator's class tables, however many positions are measure
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,21 +62,53 @@ def hidden_batches(model: GPT, ids: np.ndarray, *, batch_windows: int = 64,
         model.train(was_training)
 
 
+@torch.no_grad()
 def measure_lm(model: GPT, ids: np.ndarray, *, batch_windows: int = 64,
                max_positions: int | None = None, progress: bool = False,
-               desc: str = "measure") -> NCMetrics:
+               desc: str = "measure", spill_dir: str | Path | None = None) -> NCMetrics:
     """Neural-collapse metrics of the last hidden state over the positions of ``ids``, with
-    the LM head (no bias) as the classifier and the vocabulary as the classes."""
+    the LM head (no bias) as the classifier and the vocabulary as the classes.
+
+    Pass 1 folds the features into the class means; pass 2 adds the spread around them and
+    compares the LM head's decisions (argmax of its logits) with the nearest class mean.
+    Without ``spill_dir`` both passes run the model; with it, pass 1 also appends each batch
+    of features to a temporary file there and pass 2 reads them back batch by batch (the same
+    numbers, one forward pass fewer; the file is deleted afterwards).
+    """
     weight = model.lm_head.weight.detach().clone()
-    acc = NCAccumulator(num_classes=model.cfg.vocab_size, weight=weight)
-    for p, label in ((1, "pass 1"), (2, "pass 2")):
-        if p == 2:
-            acc.begin_second_pass()
+    acc = NCAccumulator(num_classes=model.cfg.vocab_size)
+    batches = hidden_batches(model, ids, batch_windows=batch_windows,
+                             max_positions=max_positions, progress=progress,
+                             desc=f"{desc} pass 1")
+    if spill_dir is None:
+        for h, y in batches:
+            acc.update(h, y)
+        acc.begin_second_pass()
         for h, y in hidden_batches(model, ids, batch_windows=batch_windows,
                                    max_positions=max_positions, progress=progress,
-                                   desc=f"{desc} {label}"):
+                                   desc=f"{desc} pass 2"):
+            acc.update(h, y, logits=h @ weight.T)
+        return acc.compute(weight=weight)
+    Path(spill_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spill_dir) as fh:
+        shapes: list[tuple[int, int, torch.dtype]] = []
+        for h, y in batches:
             acc.update(h, y)
-    return acc.compute()
+            fh.write(h.contiguous().numpy().tobytes())
+            fh.write(y.to(torch.int64).numpy().tobytes())
+            shapes.append((h.shape[0], h.shape[1], h.dtype))
+        acc.begin_second_pass()
+        fh.seek(0)
+        bar = tqdm(total=sum(n for n, _, _ in shapes), desc=f"{desc} pass 2", unit="tok",
+                   unit_scale=True, disable=not progress, leave=False)
+        for n, d, dtype in shapes:
+            h = torch.frombuffer(bytearray(fh.read(n * d * dtype.itemsize)), dtype=dtype)
+            y = torch.frombuffer(bytearray(fh.read(n * 8)), dtype=torch.int64)
+            h = h.view(n, d)
+            acc.update(h, y, logits=h @ weight.T)
+            bar.update(n)
+        bar.close()
+    return acc.compute(weight=weight)
 
 
 @torch.no_grad()

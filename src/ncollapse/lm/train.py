@@ -40,15 +40,16 @@ class LMConfig:
     n_embd: int = 128
     dropout: float = 0.0
     batch_size: int = 32
-    steps: int = 600
+    steps: int = 500
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    measure_steps: list[int] | None = None  # None: 0, steps/12, steps/4, steps/2, steps
+    measure_steps: list[int] | None = None  # None: 0, steps/8, steps/3, steps
     measure_positions: int | None = None  # None: every training position
     measure_batch: int = 64  # windows per measurement batch
+    spill: bool = True  # pass 2 reads pass 1's features back from a temporary file
     seed: int = 0
     threads: int | None = None
 
@@ -76,7 +77,7 @@ class LMConfig:
         """The steps at which to measure, sorted."""
         if self.measure_steps is not None:
             return sorted(set(self.measure_steps))
-        return sorted({0, self.steps // 12, self.steps // 4, self.steps // 2, self.steps})
+        return sorted({0, self.steps // 8, self.steps // 3, self.steps})
 
 
 def lr_at(step: int, cfg: LMConfig) -> float:
@@ -163,7 +164,7 @@ def run_lm(cfg: LMConfig, out: str | Path, *, progress: bool = True,
     while True:
         if todo and todo[0] == step:
             todo.pop(0)
-            rows.append(_checkpoint(model, cfg, step, train_ids, val_ids, recent, progress))
+            rows.append(_checkpoint(model, cfg, step, train_ids, val_ids, recent, progress, out))
             rows[-1].update(train_seconds=train_time, train_cpu_seconds=train_cpu)
             nio.atomic_write_json(out / "results.json", {"rows": rows})
             say(_row_line(rows[-1]))
@@ -202,13 +203,14 @@ def run_lm(cfg: LMConfig, out: str | Path, *, progress: bool = True,
 
 
 def _checkpoint(model: GPT, cfg: LMConfig, step: int, train_ids: np.ndarray,
-                val_ids: np.ndarray, recent: list[float], progress: bool) -> dict[str, Any]:
+                val_ids: np.ndarray, recent: list[float], progress: bool, out: Path
+                ) -> dict[str, Any]:
     """Validation loss and the collapse metrics at one step (with their cost)."""
     t0, c0 = time.perf_counter(), time.process_time()
     val_loss = mean_loss(model, val_ids, batch_windows=cfg.measure_batch)
     metrics = measure_lm(model, train_ids, batch_windows=cfg.measure_batch,
                          max_positions=cfg.measure_positions, progress=progress,
-                         desc=f"step {step}")
+                         desc=f"step {step}", spill_dir=out if cfg.spill else None)
     return {"step": step, "tokens_seen": step * cfg.batch_size * cfg.block_size,
             "train_loss": float(np.mean(recent)) if recent else None, "val_loss": val_loss,
             "metrics": metrics.to_dict(), "measure_seconds": time.perf_counter() - t0,
