@@ -6,6 +6,7 @@ import json
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,24 @@ def test_console_script(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     _same(json.loads(res.stdout), _expected(data))
+
+
+def test_sparse_tensor_and_lying_npz_header_are_one_line_errors(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    i = torch.tensor([[0, 1], [1, 0]])
+    sparse = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0]), (2, 2))
+    torch.save({"features": sparse, "labels": torch.tensor([0, 1])}, tmp_path / "s.pt")
+    assert main(["measure", str(tmp_path / "s.pt")]) == 2
+    assert "key 'features' holds a torch.sparse_coo tensor" in capsys.readouterr().err
+    # an .npz whose header promises 10**12 rows: refused before numpy allocates anything
+    np.savez(tmp_path / "ok.npz", features=np.zeros((4, 2)), labels=np.arange(4) % 2)
+    with zipfile.ZipFile(tmp_path / "ok.npz") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["features.npy"] = members["features.npy"].replace(b"(4, 2)", b"(1000000000000, 2)")
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    assert main(["measure", str(tmp_path / "huge.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "claims shape (1000000000000, 2)" in err and err.count("\n") == 1

@@ -91,6 +91,7 @@ def _load_arrays(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
+        _check_npz_sizes(path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
@@ -108,8 +109,35 @@ def _load_arrays(path: Path) -> dict[str, Any]:
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}; "
                              "save it with torch.save({'features': ..., 'labels': ...})")
+        for k, v in obj.items():
+            if hasattr(v, "layout") and str(v.layout) != "torch.strided":
+                raise ValueError(f"{path}: key {k!r} holds a {v.layout} tensor; save dense "
+                                 "tensors (tensor.to_dense())")
         return {str(k): v for k, v in obj.items()}
     raise ValueError(f"{path}: unknown file type {suffix!r}; expected .npz or .pt")
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse members whose header promises more data than the archive holds (before any
+    allocation: a 100-byte file must not ask for terabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(fh)
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if not dtype.hasobject and need > info.file_size:
+                    raise ValueError(
+                        f"{path}: member {info.filename} claims shape {shape} of {dtype} "
+                        f"({need} bytes) but holds {info.file_size} bytes; the file is corrupt")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})"
+                         ) from exc
 
 
 # --------------------------------------------------------------------------- output
