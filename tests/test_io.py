@@ -72,3 +72,56 @@ def test_torch_roundtrip_and_pickle_rejected(tmp_path):
         io.safe_torch_load(bad)
     with pytest.raises(FileNotFoundError):
         io.safe_torch_load(tmp_path / "missing.pt")
+
+
+# ----------------------------------------------------------------------------- non-regular targets
+
+
+def test_fifo_is_written_in_place_not_replaced(tmp_path):
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    io.atomic_write_text(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not a regular file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_symlink_kept_and_its_target_written(tmp_path):
+    target = tmp_path / "real" / "out.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    io.atomic_write_json(link, {"a": 1})
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_dash_writes_to_stdout(capsysbinary):
+    io.atomic_write_text("-", "to stdout\n")
+    assert capsysbinary.readouterr().out == b"to stdout\n"
+
+
+def test_directory_target_is_a_clear_error_and_untouched(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep").write_text("x")
+    with pytest.raises(IsADirectoryError):
+        io.atomic_write_text(tmp_path / "d", "y")
+    assert (tmp_path / "d" / "keep").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_existing_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    path.chmod(0o640)
+    io.atomic_write_text(path, "new")
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o640

@@ -265,8 +265,9 @@ def test_cli_train_prints_summary_and_resume_rules(tmp_path, capsys):
     assert (cfg.width, cfg.epochs, cfg.batch_size, cfg.seed, cfg.weight_decay) == \
         (16, 3, 50, 3, 1e-4)
     assert cli_main(["train", "--resume", str(out), "--no-progress"]) == 0
-    assert cli_main(["train", "--resume", str(out), "--epochs", "5"]) == 2
-    assert "--resume takes the config from the run dir; drop --epochs" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", str(out), "--lr", "0.1"]) == 2
+    assert "--resume takes the config from the run dir (only --device and --epochs may " \
+        "change); drop --lr" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_values(capsys):

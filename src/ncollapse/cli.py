@@ -40,9 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # User errors (an optional extra not installed among them): one clear line, no traceback.
         print(f"ncollapse {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The system said no (permissions, no space left, is/not a directory, run in use):
+        # one line naming the path, exit 1.
+        print(f"ncollapse {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ncollapse {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error(exc: OSError) -> str:
+    """``No space left on device: out/metrics.jsonl`` (or the message of an OSError without)."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc.strerror or exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

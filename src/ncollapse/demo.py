@@ -23,7 +23,14 @@ from ncollapse.animation import animate_run
 from ncollapse.config import TrainConfig, load_config
 from ncollapse.plots import plot_runs
 from ncollapse.report import build_report
-from ncollapse.rundir import CONFIG, config_differences, is_run_dir, load_run
+from ncollapse.rundir import (
+    CONFIG,
+    RunLock,
+    config_differences,
+    foreign_entries,
+    is_run_dir,
+    load_run,
+)
 
 __all__ = ["DEFAULT_OUT", "run_demo"]
 
@@ -121,21 +128,24 @@ def summary_lines(run: Any, result: Mapping[str, Any]) -> list[str]:
 
 
 def _remove_run(run_dir: Path, say: Callable[[str], None]) -> None:
-    """Delete ``run_dir`` for ``--fresh``, only if it is a run directory of ours (a real folder,
-    not a symlink; nothing outside it is followed)."""
+    """Delete ``run_dir`` for ``--fresh``: only a real folder that is a run directory of ours
+    and holds nothing its writer did not make (it is checked whole before anything goes)."""
     if run_dir.is_symlink():
         raise ValueError(f"{run_dir} is a symbolic link; refusing to delete through it with "
                          "--fresh. Remove the link yourself or choose another --out")
     if not run_dir.exists():
         return
-    if not is_run_dir(run_dir):
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-            return
+    if not run_dir.is_dir() or (not is_run_dir(run_dir) and any(run_dir.iterdir())):
         raise ValueError(f"{run_dir} exists but is not a run directory; refusing to delete "
                          "it with --fresh. Move it away or choose another --out")
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise ValueError(f"{run_dir} holds files the run did not write ({shown}); refusing to "
+                         "delete them with --fresh. Move them away or choose another --out")
     say(f"--fresh: removing the previous run in {run_dir}")
-    shutil.rmtree(run_dir)  # rmtree does not follow symlinks inside the tree
+    with RunLock(run_dir):  # not while another process is writing it
+        shutil.rmtree(run_dir)
 
 
 def _run_state(run_dir: Path) -> str | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,12 +29,34 @@ _FILE_MODE = _default_file_mode()
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
-    path = Path(path)
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one.
+
+    Atomic (a temporary file renamed over the target) for regular files and new paths. A
+    symbolic link is kept and its target written (atomically). Devices, FIFOs and sockets are
+    written in place (a rename would replace them), and ``"-"`` means standard output.
+    """
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:  # a parent is a file: the write below says so
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        with open(path, "wb") as fh:  # a device or FIFO: in place, never replaced
+            fh.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    mode = stat.S_IMODE(st.st_mode) if st is not None else _FILE_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; results are meant to be shared
+        os.fchmod(fd, mode)  # mkstemp makes 0600 files; keep the old file's mode, else umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<preset-or-dataset>-"
                                             "<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint")
+                   help="continue the run in RUN_DIR from its last checkpoint (with --epochs N: "
+                        "and change its number of epochs)")
     p.add_argument("--lr-sweep", action="store_true",
                    help="train once per lr of the paper's grid (25 values in [1e-4, 0.25]) "
                         "and report the best")
@@ -108,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.resume is not None:
         bad = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
-               if v is not None and k != "device"]
+               if v is not None and k not in ("device", "epochs")]
         bad += [f for f, v in (("--preset", args.preset), ("--config", args.config),
                                ("--lr-sweep", args.lr_sweep), ("--out", args.out)) if v]
         if bad:
-            raise ValueError("--resume takes the config from the run dir; drop "
-                             + " ".join(bad))
+            raise ValueError("--resume takes the config from the run dir (only --device and "
+                             "--epochs may change); drop " + " ".join(bad))
         config = None
         if args.device is not None:
             config = load_config(path=args.resume / "config.toml",
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if main:
         print(f"run dir: {out}")
     try:
-        train(config, out=out, resume=resume, progress=progress)
+        train(config, out=out, resume=resume, progress=progress,
+              epochs=args.epochs if resume else None)
     except TrainingDiverged as exc:
         print(f"ncollapse train: failed: {exc}", file=sys.stderr)
         return 1

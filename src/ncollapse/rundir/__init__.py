@@ -15,6 +15,7 @@ from ncollapse.rundir.layout import (
     SNAPSHOTS,
     STATUS,
     config_differences,
+    foreign_entries,
     is_run_dir,
     snapshot_name,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "RunLocked",
     "RunWriter",
     "config_differences",
+    "foreign_entries",
     "is_run_dir",
     "load_run",
     "load_runs",

@@ -25,8 +25,8 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = ["RunLocked", "RunLock"]
 
 
-class RunLocked(RuntimeError):
-    """Another live process holds the run directory."""
+class RunLocked(OSError):
+    """Another live process holds the run directory (an OSError, like EBUSY)."""
 
 
 class RunLock:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from ncollapse import __version__
 from ncollapse.config import TrainConfig, save_config
 from ncollapse.io import (
     atomic_write_bytes,
@@ -299,6 +300,7 @@ class RunWriter:
         run = doc.setdefault("run", {})
         if isinstance(run, dict):
             run.update(_toml_ready(run_info))
+        doc["versions"] = {"ncollapse": __version__}  # marks the folder as a run of ours
         try:
             text = tomli_w.dumps(doc)
         except TypeError as exc:

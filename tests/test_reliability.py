@@ -1,0 +1,314 @@
+"""Issue 13: run directories that cannot be corrupted, and one-line errors. Each test
+reproduces a failure found by attacking the code (and fails on the code before the fix)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ncollapse.cli import main as cli_main
+from ncollapse.config import load_config, save_config
+from ncollapse.demo import run_demo
+from ncollapse.io import safe_torch_load
+from ncollapse.rundir import load_run, read_jsonl
+from ncollapse.training import TrainingDiverged, train
+
+TINY = {"dataset": "digits", "per_class": 20, "model": "mlp", "width": 16, "depth": 2,
+        "epochs": 6, "batch_size": 50, "lr": 0.05, "num_measurements": 3,
+        "snapshot_per_class": 2, "device": "cpu", "seed": 0, "checkpoint_every": 2}
+
+
+def tiny(**over):
+    return load_config(overrides={**TINY, **over})
+
+
+def _flags(**over) -> list[str]:
+    cfg = {**TINY, **over}
+    out = []
+    for key, value in cfg.items():
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ncollapse.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- 1. locking
+
+
+@pytest.mark.timeout(300)
+def test_second_process_is_refused_while_a_run_is_written_then_sigterm_stops_it(tmp_path):
+    """Two real processes race for one --out: the second fails at once naming the first;
+    SIGTERM then stops the first like Ctrl-C (status failed, not stuck "running")."""
+    out = tmp_path / "R"
+    env = _env()
+    first = subprocess.Popen(
+        _cli("train", *_flags(epochs=100000, num_measurements=2, checkpoint_every=5),
+             "--out", str(out), "--no-progress"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not (out / "epochs.jsonl").is_file():
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run(
+            _cli("train", *_flags(epochs=10, lr=0.2), "--out", str(out), "--no-progress"),
+            env=env, capture_output=True, text=True, timeout=200)
+        assert first.poll() is None  # refused while the first is still running
+        assert second.returncode != 0
+        line = _one_line(second.stderr)
+        assert f"in use by process {first.pid}" in line or "already holds a run" in line
+        assert "--lr 0.2" not in (out / "config.toml").read_text()
+        # the same for a resume of the run being written
+        resumed = subprocess.run(_cli("train", "--resume", str(out), "--no-progress"), env=env,
+                                 capture_output=True, text=True, timeout=200)
+        assert resumed.returncode == 1
+        assert f"in use by process {first.pid}" in _one_line(resumed.stderr)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        rc = first.wait(timeout=120)
+    assert rc == 130, first.stderr.read()
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "SIGTERM" in status["message"]
+    assert load_config(path=out / "config.toml").lr == TINY["lr"]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert all(r["lr"] <= TINY["lr"] for r in rows)
+
+
+@pytest.mark.timeout(300)
+def test_lock_of_a_killed_process_is_stale_and_taken_over(tmp_path):
+    out = tmp_path / "R"
+    victim = subprocess.Popen(
+        _cli("train", *_flags(epochs=100000, checkpoint_every=2), "--out", str(out),
+             "--no-progress"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and not (out / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert str(victim.pid) in (out / ".lock").read_text()  # left behind by the dead process
+    assert json.loads((out / "status.json").read_text())["state"] == "running"
+    # the dead process's lock does not block: the run is resumed to a shorter, explicit end
+    ckpt = safe_torch_load(out / "checkpoints" / "last.pt")["epoch"]
+    train(out=out, resume=True, epochs=ckpt + 2, progress=False)
+    run = load_run(out)
+    assert run.state == "finished" and run.last_epoch == run.total_epochs == ckpt + 2
+
+
+def test_lock_is_released_on_every_exit(tmp_path, monkeypatch):
+    import ncollapse.training.loop as loop
+
+    out = tmp_path / "r"
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "evaluate", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), out=out, progress=False)
+    monkeypatch.undo()
+    assert load_run(out).state == "failed"
+    train(out=out, resume=True, progress=False)  # not locked out by the interrupted run
+    assert load_run(out).state == "finished"
+
+
+# ----------------------------------------------------------------------------- 5. user files
+
+
+def test_train_refuses_a_folder_with_user_files_and_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "snapshots").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "metrics.csv").write_text("my numbers")
+    (out / "snapshots" / "epoch_00001.npz").write_bytes(b"mine")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli_main(["train", *_flags(), "--out", str(out), "--no-progress"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "not empty and not a run directory" in line and "choose a new or empty" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "metrics.csv", "snapshots"]
+
+
+def test_train_into_an_existing_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    train(tiny(epochs=2), out=out, progress=False)
+    before = (out / "metrics.jsonl").read_bytes()
+    assert cli_main(["train", *_flags(lr=0.2), "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run; continue it with --resume" in _one_line(capsys.readouterr().err)
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_demo_fresh_deletes_only_what_a_run_wrote(tmp_path):
+    out = tmp_path / "D"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "config.toml").write_text("[optim]\nlr = 1\n")  # a user's file, not ours
+    (out / "run" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not a run directory; refusing to delete"):
+        run_demo(out, fresh=True, progress=False, echo=lambda _: None)
+    assert (out / "run" / "thesis.tex").read_text() == "years of work"
+
+    shutil.rmtree(out / "run")
+    train(tiny(epochs=2), out=out / "run", progress=False)
+    (out / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"files the run did not write \(notes.txt\)"):
+        run_demo(out, fresh=True, progress=False, echo=lambda _: None)
+    assert (out / "run" / "notes.txt").read_text() == "mine"
+    assert (out / "run" / "metrics.jsonl").is_file()
+
+
+def test_demo_fresh_never_follows_a_symlink(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    train(tiny(epochs=2), out=elsewhere, progress=False)
+    out = tmp_path / "D"
+    out.mkdir()
+    (out / "run").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="symbolic link; refusing to delete"):
+        run_demo(out, fresh=True, progress=False, echo=lambda _: None)
+    assert (elsewhere / "metrics.jsonl").is_file() and (out / "run").is_symlink()
+    # a symlink inside a run is foreign too: nothing behind it is deleted
+    (out / "run").unlink()
+    train(tiny(epochs=2), out=out / "run", progress=False)
+    (out / "run" / "snapshots" / "link").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="snapshots/link"):
+        run_demo(out, fresh=True, progress=False, echo=lambda _: None)
+    assert (elsewhere / "metrics.jsonl").is_file()
+
+
+# ----------------------------------------------------------------------------- 4. resume
+
+
+def _edit_config(out: Path, **changes) -> None:
+    save_config(load_config(path=out / "config.toml", overrides=changes), out / "config.toml")
+
+
+def test_resume_refuses_an_edited_config_naming_the_keys(tmp_path):
+    out = tmp_path / "r"
+    train(tiny(epochs=4), out=out, progress=False)
+    json_status = (out / "status.json").read_text()
+    _edit_config(out, epochs=6, lr=0.2, width=24)
+    with pytest.raises(ValueError, match=r"differs from the one its checkpoint was trained with "
+                                         r"in epochs \(4 -> 6\), lr \(0.05 -> 0.2\), width"):
+        train(out=out, resume=True, progress=False)
+    assert (out / "status.json").read_text() == json_status  # a refused resume changes nothing
+
+
+def test_resume_epoch_count_changes_only_with_the_flag(tmp_path, capsys):
+    out = tmp_path / "r"
+    train(tiny(epochs=4), out=out, progress=False)
+    _edit_config(out, epochs=3)  # below the checkpoint epoch: was "finished 3/3" with 4 rows
+    assert cli_main(["train", "--resume", str(out), "--no-progress"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "epochs (4 -> 3)" in line and "resume with --epochs N" in line
+    _edit_config(out, epochs=4)
+    assert cli_main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 2
+    assert "its checkpoint is at epoch 4 already" in _one_line(capsys.readouterr().err)
+    assert cli_main(["train", "--resume", str(out), "--epochs", "6", "--no-progress"]) == 0
+    run = load_run(out)
+    assert run.state == "finished" and run.total_epochs == 6 and run.config["optim"]["epochs"] == 6
+    assert [r["epoch"] for r in run.epochs] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_another_model_is_a_clear_error(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    train(tiny(epochs=2), out=out, progress=False)
+    ckpt = safe_torch_load(out / "checkpoints" / "last.pt")
+    del ckpt["config_hash"]  # a checkpoint from before the hash: the model check still holds
+    torch.save(ckpt, out / "checkpoints" / "last.pt")
+    _edit_config(out, width=24, epochs=3)
+    with pytest.raises(ValueError, match="does not fit the model of config.toml"):
+        train(out=out, resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_message_says_what_to_do(tmp_path):
+    out = tmp_path / "r"
+    train(tiny(epochs=2), out=out, progress=False)
+    _edit_config(out, epochs=3)
+    (out / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="damaged or not a checkpoint") as info:
+        train(out=out, resume=True, epochs=3, progress=False)
+    assert "re-save" not in str(info.value) and "delete checkpoints/" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- 8. messages
+
+
+def test_divergence_without_a_checkpoint_does_not_claim_one(tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(TrainingDiverged) as info:
+        train(tiny(lr=1e6, checkpoint_every=0), out=out, progress=False)
+    message = str(info.value)
+    assert "no checkpoint had been written yet" in message
+    assert "last good checkpoint" not in message
+    assert not (out / "checkpoints" / "last.pt").exists()
+    assert json.loads((out / "status.json").read_text())["message"] == message
+
+
+# ----------------------------------------------------------------------------- 7. full disk
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "400k"):
+        pytest.skip("needs root and a mountable tmpfs for a small full filesystem")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.timeout(300)
+def test_full_disk_one_line_and_history_consistent(small_disk, capsys):
+    out = small_disk / "run"
+    argv = ["train", *_flags(epochs=40, num_measurements=40, snapshot_per_class=60, width=64,
+                             checkpoint_every=1000), "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "No space left on device" in line
+    run = load_run(out)
+    assert run.state == "failed" and "No space left" in run.status["message"]
+    measured = [r["epoch"] for r in run.metrics]
+    assert measured, "some measurements fitted before the disk was full"
+    assert measured == sorted(run.snapshots)  # a row only for a snapshot that is on disk
+    assert not [p for p in (out / "snapshots").iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- 7. OS errors
+
+
+def test_os_errors_are_one_line_with_the_path(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "run"
+    assert cli_main(["train", *_flags(), "--out", str(target), "--no-progress"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("ncollapse train: error: ") and "Not a directory" in line
+    assert str(tmp_path / "file") in line
+    assert cli_main(["train", *_flags(), "--out", str(tmp_path / "file"), "--no-progress"]) == 2
+    assert "exists and is not a directory" in _one_line(capsys.readouterr().err)
