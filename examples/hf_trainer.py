@@ -1,7 +1,8 @@
 """Track neural collapse of a Hugging Face sequence classifier with NeuralCollapseCallback.
 
 Needs: pip install 'ncollapse[transformers]'
-Run: HF_HUB_OFFLINE=1 .venv/bin/python examples/hf_trainer.py --out runs/hf   (seconds on a CPU)
+Run: HF_HUB_OFFLINE=1 .venv/bin/python examples/hf_trainer.py --out runs/hf
+(a minute or two on a CPU)
 A tiny BERT built from a config (random weights, nothing downloaded) learns which third of the
 vocabulary a sequence's tokens come from. The features are the pooled representation that the
 classification head sees; the metrics reach every `report_to` logger and `log_history`.

@@ -1,7 +1,8 @@
 """Track neural collapse in a Lightning training run with the NeuralCollapse callback.
 
 Needs: pip install 'ncollapse[lightning]'
-Run: .venv/bin/python examples/lightning_callback.py --out runs/lightning   (seconds on a CPU)
+Run: .venv/bin/python examples/lightning_callback.py --out runs/lightning
+(a minute or two on a CPU)
 It logs nc/train/<metric> and nc/val/<metric> to a CSV logger (OUT/csv/.../metrics.csv) and
 writes a run directory (OUT/run) for `ncollapse plot`, `animate` and `report`.
 """

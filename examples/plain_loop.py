@@ -1,7 +1,7 @@
 """A plain training loop (nanoGPT style) that writes a run directory with ncollapse.RunWriter,
 so that `ncollapse plot`, `animate` and `report` work on it as on `ncollapse train`'s runs.
 
-Run: .venv/bin/python examples/plain_loop.py --out runs/plain   (seconds on a CPU)
+Run: .venv/bin/python examples/plain_loop.py --out runs/plain   (a minute or two on a CPU)
 then: .venv/bin/ncollapse report runs/plain
 """
 
@@ -20,9 +20,10 @@ from ncollapse.training import measurement_epochs
 
 
 def make_model() -> nn.Module:
-    """8x8 digits -> two hidden layers -> 10 classes; the last Linear is the classifier."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64),
-                         nn.ReLU(), nn.Linear(64, 10))
+    """8x8 digits -> two hidden layers with BatchNorm -> 10 classes; the last Linear is the
+    classifier (measure_model finds it: the Linear whose output is the model's output)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(),
+                         nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 10))
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     lr = 0.05
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-3)
     measure_at = set(measurement_epochs(args.epochs, 12))  # log-spaced, as in the paper
-    config = {"dataset": "digits", "per_class": args.per_class, "model": "mlp 128-64",
+    config = {"dataset": "digits", "per_class": args.per_class, "model": "mlp 256-256 batchnorm",
               "optimizer": "sgd", "lr": lr, "schedule": "step", "momentum": 0.9,
               "weight_decay": 5e-3,
               "epochs": args.epochs, "batch_size": 32, "seed": 0}

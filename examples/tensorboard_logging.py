@@ -1,7 +1,7 @@
 """Neural-collapse scalars in TensorBoard from a plain loop, live, and the overview figure.
 
 Needs: pip install 'ncollapse[tensorboard]'
-Run: .venv/bin/python examples/tensorboard_logging.py --out runs/tb   (seconds on a CPU)
+Run: .venv/bin/python examples/tensorboard_logging.py --out runs/tb   (a minute or two on a CPU)
 then: tensorboard --logdir runs/tb/tensorboard
 (`ncollapse train --tensorboard DIR` does the same for `ncollapse train`.)
 """

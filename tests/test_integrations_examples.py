@@ -45,6 +45,9 @@ def test_plain_loop_run_renders_with_plot_and_report(tmp_path, capsys):
     assert sorted(load_run(out).snapshots) == epochs
     assert main(["plot", str(out), "--format", "png"]) == 0
     assert (out / "figures" / "overview.png").stat().st_size > 10_000
+    gif = tmp_path / "animation.gif"
+    assert main(["animate", str(out), "--out", str(gif), "--no-mp4"]) == 0
+    assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
     assert main(["report", str(out), "--out", str(tmp_path / "report.html")]) == 0
     assert (tmp_path / "report.html").stat().st_size > 10_000
     capsys.readouterr()
