@@ -93,18 +93,34 @@ def spectrum(mt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Right singular vectors V (d, k) and singular values S (k,) of the centred means M~ (C, d),
     float64, truncated to k = min(C - 1, numerical rank); and the first dropped singular value.
 
-    Never a C x C decomposition: for C > d the R factor of a QR of M~ (d x d) carries the same
-    singular values and right vectors; for C <= d the thin SVD of M~^T (d x C).
+    Never a decomposition larger than min(C, d) squared. Small problems (min(C, d)^2 max(C, d)
+    <= 2^27) take an SVD: of M~^T (d x C) when C <= d, else of the d x d R factor of a QR of
+    M~ (same singular values and right vectors). Larger ones take the eigendecomposition of
+    the smaller Gram matrix, M~ M~^T (C x C) or M~^T M~ (d x d): LAPACK's SVD is many times
+    slower there, and the singular values keep a relative accuracy of eps * cond(M~)^2, like
+    an eigendecomposition of Sigma_B itself.
     """
     c, d = mt.shape
-    if c > d:
-        r = torch.linalg.qr(mt, mode="r")[1]
-        _, s, vh = torch.linalg.svd(r)
-        v = vh.T
-    else:
-        v, s, _ = torch.linalg.svd(mt.T, full_matrices=False)
     eps = torch.finfo(_F64).eps
-    tol = float(s[0]) * max(c, d) * eps
+    if min(c, d) ** 2 * max(c, d) <= 1 << 27:
+        if c > d:
+            _, s, vh = torch.linalg.svd(torch.linalg.qr(mt, mode="r")[1])
+            v = vh.T
+        else:
+            v, s, _ = torch.linalg.svd(mt.T, full_matrices=False)
+        tol = float(s[0]) * max(c, d) * eps
+    else:
+        if c > d:
+            lam, v = torch.linalg.eigh(mt.T @ mt)
+            lam, v = lam.flip(0), v.flip(1)
+        else:
+            lam, u = torch.linalg.eigh(mt @ mt.T)
+            lam, u = lam.flip(0), u.flip(1)
+        s = lam.clamp(min=0.0).sqrt()
+        tol = float(s[0]) * math.sqrt(max(c, d) * eps) * 4
+        keep = max(1, int((s > tol).sum()))
+        s = s[:keep]
+        v = v[:, :keep] if c > d else (mt.T @ u[:, :keep]) / s
     rank = int((s > tol).sum())
     k = max(1, min(c - 1, rank))
     s_drop = float(s[k]) if k < s.numel() else 0.0
