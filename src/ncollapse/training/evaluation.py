@@ -15,7 +15,7 @@ from torch import nn
 from ncollapse import distributed as D
 from ncollapse.collect import measure_model
 from ncollapse.config import TrainConfig
-from ncollapse.metrics import NCAccumulator, measure, mse_decomposition
+from ncollapse.metrics import NCAccumulator, class_means, measure, mse_decomposition
 
 __all__ = ["Evaluation", "TrainingDiverged", "evaluate", "layer_metrics", "mse_terms",
            "snapshot_of"]
@@ -189,12 +189,16 @@ def _nc_metrics(model: nn.Module, f: torch.Tensor, z: torch.Tensor, y: torch.Ten
 
 def _class_means(f: torch.Tensor, y: torch.Tensor, num_classes: int, info: D.DistInfo
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 class means (C, d) and global mean of the split (exact sums reduced across
-    ranks), for the snapshots and as the test split's NCC centres."""
-    sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=f.device)
-    sums.index_add_(0, y, f.double())
-    counts = torch.bincount(y, minlength=num_classes).double()
-    both = torch.cat([sums, counts.unsqueeze(1)], dim=1)
-    D.all_reduce_sum(both, info)
-    sums, counts = both[:, :-1], both[:, -1]
-    return sums / counts.clamp_min(1).unsqueeze(1), sums.sum(0) / counts.sum()
+    """Float64 class means (C, d) and global mean of the split (per-rank means of
+    :func:`ncollapse.metrics.class_means`, combined across ranks by their counts), for the
+    snapshots and as the test split's NCC centres. A class without samples gets a zero row."""
+    means, counts = class_means(f, y, num_classes)
+    counts = counts.to(torch.float64)
+    if info.distributed:
+        sums = torch.nan_to_num(means, nan=0.0) * counts[:, None]
+        both = torch.cat([sums, counts.unsqueeze(1)], dim=1)
+        D.all_reduce_sum(both, info)
+        sums, counts = both[:, :-1], both[:, -1]
+        means = sums / counts.clamp_min(1).unsqueeze(1)
+    means = torch.nan_to_num(means, nan=0.0)
+    return means, (means * counts[:, None]).sum(0) / counts.sum()
