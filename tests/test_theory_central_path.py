@@ -274,8 +274,8 @@ def _fake_run(tmp_path, with_decomposition: bool = True):
     w, b = np.zeros((c, d)), np.zeros(c)
     rows = []
     run = tmp_path / ("mse" if with_decomposition else "ce")
-    config = {"dataset": "toy", "model": "linear", "optimizer": "gd", "lr": 0.02,
-              "weight_decay": 1e-3}
+    config = {"data": {"dataset": "toy"}, "model": {"model": "linear", "width": 4},
+              "optim": {"optimizer": "gd", "lr": 0.02, "weight_decay": 1e-3}}
     with RunWriter(run, config, epochs=30) as writer:
         for epoch in range(1, 31):
             r = h @ w.T + b - np.eye(c)[y]

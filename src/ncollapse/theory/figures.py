@@ -261,12 +261,16 @@ def read_mse_decomposition(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def _config_value(cfg: dict[str, Any], key: str) -> Any:
-    """``key`` at the top of the parsed config.toml or in any of its tables, else None."""
-    if key in cfg:
-        return cfg[key]
+    """The plain (non-table) value of ``key`` in the parsed config.toml, at its top or in any
+    of its tables (``[model] model = "mlp"``: "mlp"), else None."""
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, dict):
+        return value
     for table in cfg.values():
-        if isinstance(table, dict) and key in table:
-            return table[key]
+        if isinstance(table, dict):
+            found = _config_value(table, key)
+            if found is not None:
+                return found
     return None
 
 
