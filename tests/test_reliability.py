@@ -393,3 +393,20 @@ def test_coinciding_class_means_are_a_result_and_training_continues(tmp_path, mo
     texts = [str(w.message) for w in caught]
     assert not any("overflow" in t for t in texts)
     assert any("mean" in t for t in texts), texts
+
+
+def test_json_output_onto_a_directory_or_through_a_link(tmp_path, capsys):
+    import numpy as np
+
+    data = tmp_path / "f.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, features=rng.standard_normal((40, 3)), labels=np.repeat(np.arange(4), 10))
+    (tmp_path / "d").mkdir()
+    assert cli_main(["measure", str(data), "--json", str(tmp_path / "d")]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "is a directory" in line and str(tmp_path / "d") in line
+    target = tmp_path / "results" / "m.json"
+    target.parent.mkdir()
+    (tmp_path / "m.json").symlink_to(target)
+    assert cli_main(["measure", str(data), "--json", str(tmp_path / "m.json")]) == 0
+    assert (tmp_path / "m.json").is_symlink() and "nc1" in json.loads(target.read_text())
