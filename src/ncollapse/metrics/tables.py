@@ -110,6 +110,7 @@ class Pass2Tables:
     nc1_corr: torch.Tensor  # (C,) ||e_c V / s||^2
     ss_corr: torch.Tensor  # (C,) ||e_c||^2
     g: torch.Tensor  # (d,) compute dtype: mu_G rounded
+    ag_norm: torch.Tensor  # (C,) compute dtype: ||a_c - g|| (1 + 1e-5), rounded up
     radius: torch.Tensor | None  # (C,) compute dtype: ||proj|| below it => nearest is own
     a_table: torch.Tensor | None  # (C, k) compute dtype: (a - g) V
     su_t: torch.Tensor | None  # (k, cp) compute dtype: -2 (M~ V)^T
@@ -147,7 +148,9 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
     tab = Pass2Tables(
         stats=stats, pos=pos, anchor=anchor, vt=v.T.to(ct).contiguous(),
         inv_s=(1.0 / s).to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
-        ss_corr=torch.linalg.vecdot(e, e), g=g, radius=None, a_table=None, su_t=None, q=None,
+        ss_corr=torch.linalg.vecdot(e, e), g=g,
+        ag_norm=(torch.linalg.vector_norm(anchor.to(_F64) - g64, dim=1) * (1 + 1e-5)).to(ct),
+        radius=None, a_table=None, su_t=None, q=None,
         q64=None, su_max=0.0, q_max=0.0, tol=tol)
     if ncc_means is None:
         rho = stats.pairs.nearest_sq.sqrt()

@@ -20,11 +20,15 @@ _F64 = torch.float64
 
 
 def classify(clf: Classifier, hc: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-             beta_max: float, tol: float, tile: int | None) -> torch.Tensor:
+             beta_max: float, tol: float, tile: int | None,
+             znorm: torch.Tensor | None = None) -> torch.Tensor:
     """argmax_c (w_c.h + b_c) per row, as (h - g).w_c + beta_c with beta = W g + b (compute
-    dtype), over class tiles; rows within rounding of a tie are decided in float64."""
+    dtype), over class tiles; rows within rounding of a tie are decided in float64.
+    ``znorm``: an upper bound of ||h - g|| per row (computed when not given)."""
     z = hc - g
-    scale = beta_max + clf.wmax * torch.linalg.vector_norm(z, dim=1)
+    if znorm is None:
+        znorm = torch.linalg.vector_norm(z, dim=1)
+    scale = beta_max + clf.wmax * znorm
     g64 = g.to(_F64)
 
     def exact(rows: torch.Tensor):
@@ -166,7 +170,8 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         if not classify_on:
             continue
         if use_w:
-            pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile)
+            pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile,
+                            xn + torch.index_select(tab.ag_norm, 0, yc))
         else:
             pred = lg[i:i + step].argmax(1)
         mismatch += (pred != ncc).sum()
