@@ -375,3 +375,17 @@ def test_fixed_etf_classifier_stays_fixed_with_adam_cosine_label_smoothing(tmp_p
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
     assert [r["lr"] for r in read_jsonl(out / "epochs.jsonl")] == \
         [lr_at(cfg, e) for e in (1, 2, 3)]
+
+
+def test_config_toml_records_every_setting_model_defaults_included(tmp_path):
+    from ncollapse.rundir import config_differences
+
+    cfg = tiny(width=None, depth=None, batchnorm=None, epochs=1, num_measurements=1)
+    out = train(cfg, out=tmp_path / "r", progress=False)
+    saved = load_config(path=out / "config.toml")
+    assert (saved.width, saved.depth, saved.batchnorm) == (512, 3, False)  # the MLP's defaults
+    assert saved == cfg.resolved()  # the file reproduces the run's config exactly
+    assert config_differences(cfg, cfg.replace(width=512, depth=3, batchnorm=False)) == []
+    assert config_differences(cfg, cfg.replace(width=256)) == ["width"]
+    # resuming with the defaults spelled out is the same run
+    assert train(cfg.replace(width=512), out=out, resume=True, progress=False) == out

@@ -155,6 +155,16 @@ class TrainConfig:
         """A flat plain dict of every field."""
         return dataclasses.asdict(self)
 
+    def resolved(self) -> TrainConfig:
+        """A copy with the model's defaults filled in for ``width``, ``depth`` and
+        ``batchnorm`` (None means "the model's default"), so that a run's config.toml records
+        every setting and ``--width 512`` and the default 512 are the same run."""
+        from ncollapse.models import MODEL_DEFAULTS  # config sits beside models; keeps import light
+
+        defaults = MODEL_DEFAULTS[self.model]
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items()
+                                            if getattr(self, k) is None})
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied (same checks as :func:`load_config`)."""
         return _apply(self, changes, source="replace()").validate()

@@ -36,6 +36,9 @@ VGG_CONFIGS: dict[int, tuple[int, ...]] = {
     11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4),
 }
 _DEFAULTS = {"mlp": (512, 3), "vgg": (64, 11), "resnet18": (64, 18)}  # (width, depth)
+#: What ``build_model`` uses when width, depth or batchnorm is None, per model.
+MODEL_DEFAULTS = {name: {"width": w, "depth": d, "batchnorm": name != "mlp"}
+                  for name, (w, d) in _DEFAULTS.items()}
 
 
 class NCModel(nn.Module):

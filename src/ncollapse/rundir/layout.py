@@ -122,9 +122,10 @@ def foreign_entries(path: str | Path) -> list[str]:
 
 def config_differences(saved: TrainConfig | Mapping[str, Any],
                        wanted: TrainConfig | Mapping[str, Any]) -> list[str]:
-    """The keys on which two configs differ in what they compute (``HOW_TO_RUN_KEYS`` ignored),
-    sorted; empty when they describe the same run."""
-    a = saved.to_dict() if isinstance(saved, TrainConfig) else dict(saved)
-    b = wanted.to_dict() if isinstance(wanted, TrainConfig) else dict(wanted)
+    """The keys on which two configs differ in what they compute (``HOW_TO_RUN_KEYS`` ignored;
+    a model default left unset equals the same value set explicitly), sorted; empty when they
+    describe the same run."""
+    a = saved.resolved().to_dict() if isinstance(saved, TrainConfig) else dict(saved)
+    b = wanted.resolved().to_dict() if isinstance(wanted, TrainConfig) else dict(wanted)
     keys = set(a) | set(b)
     return sorted(k for k in keys if k not in HOW_TO_RUN_KEYS and a.get(k) != b.get(k))

@@ -232,11 +232,11 @@ def _resolve_config(config: TrainConfig | None, out: Path, resume: bool,
         if epochs is not None:
             raise ValueError("epochs= changes the length of a resumed run; for a new run set "
                              "it in the config")
-        return config.validate()
+        return config.validate().resolved()  # config.toml records the model's defaults too
     saved_path = out / CONFIG
     if not saved_path.is_file():
         raise FileNotFoundError(f"cannot resume: {saved_path} not found (is {out} a run dir?)")
-    saved = load_config(path=saved_path)
+    saved = load_config(path=saved_path).resolved()
     if epochs is not None:
         saved = saved.replace(epochs=epochs)
     if config is None:
