@@ -92,7 +92,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--layers", nargs="+", metavar="PATTERN",
                    help="also measure these layers (module names or glob patterns such as "
                         "'body.*'; conv maps averaged over space) at every measurement")
+    _describe_flags(p)
     p.set_defaults(func=run)
+
+
+# What a flag sets, for the add_argument calls without help text.
+_WHAT = {
+    "dataset": "data set", "root": "data directory", "per_class": "training samples per class",
+    "imbalance": "class-imbalance profile",
+    "ratio": "imbalance ratio R >= 1 (largest / smallest class)",
+    "model": "architecture", "width": "hidden units (mlp) or base channels (vgg, resnet18)",
+    "depth": "hidden layers (mlp) or layers (vgg: 11, 13, 16, 19; resnet18: 18)",
+    "batchnorm": "BatchNorm layers", "loss": "training loss",
+    "label_smoothing": "smoothing of --loss label-smoothing",
+    "mse_scale": "target scale of --loss mse",
+    "focal_gamma": "focusing parameter of --loss focal", "optimizer": "optimiser",
+    "lr": "learning rate", "momentum": "SGD momentum", "weight_decay": "weight decay",
+    "batch_size": "batch size (over all processes)", "epochs": "number of epochs",
+    "schedule": "learning-rate schedule (step: /10 after 1/3 and 2/3 of the epochs)",
+    "seed": "random seed", "measure_test": "measure the test split too",
+}
+# The defaults of the flags that are not TrainConfig fields (those come from TrainConfig).
+_DEFAULT = {
+    "preset": "none, the TrainConfig defaults below", "config": "none",
+    "resume": "none, a new run", "lr_sweep": "off, one run",
+    "lr_grid": "the paper's 25 values", "tensorboard": "none",
+    "no_progress": "off, a progress bar on stderr",
+}
+# What None means for the TrainConfig fields that default to None.
+_NONE_MEANS = {
+    "root": "the data set's folder ($NCOLLAPSE_DATA_DIR/<name> or ~/.cache/ncollapse/<name>)",
+    "per_class": "all samples", "imbalance": "none, balanced",
+}
+
+
+def _describe_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every flag help text that ends with its default (TrainConfig's for config flags)."""
+    from dataclasses import fields
+
+    from ncollapse.config import TrainConfig
+    from ncollapse.models import MODEL_DEFAULTS
+
+    config = TrainConfig()
+
+    def per_model(key: str) -> str:
+        def show(v: object) -> str:
+            return ("on" if v else "off") if isinstance(v, bool) else str(v)
+
+        return "the model's: " + ", ".join(f"{m} {show(d[key])}"
+                                          for m, d in MODEL_DEFAULTS.items())
+
+    model_default = {key: per_model(key) for key in ("width", "depth", "batchnorm")}
+    config_fields = {f.name for f in fields(TrainConfig)}
+    for action in parser._actions:
+        what = action.help or _WHAT.get(action.dest, "")
+        if isinstance(action, argparse._HelpAction) or "default" in what:
+            continue
+        if action.dest in model_default:
+            shown = model_default[action.dest]
+        elif action.dest in config_fields:
+            value = getattr(config, action.dest)
+            if value is None:
+                shown = _NONE_MEANS.get(action.dest, "none")
+            elif isinstance(value, bool):
+                shown = "on" if value else "off"
+            elif isinstance(value, list):
+                shown = ", ".join(map(str, value)) or "none"
+            else:
+                shown = str(value)
+        else:
+            shown = _DEFAULT[action.dest]
+        action.help = f"{what} (default: {shown})".strip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,17 +226,35 @@ def run(args: argparse.Namespace) -> int:
         with tensorboard as tb:
             tb.log_run(out)
         print(f"tensorboard: {args.tensorboard}")
-    s = run_summary(out)
-    print(f"state: {s['state']}  epochs: {s['epoch']}  time: {_fmt(s['time'])} s")
-    print(f"TPT onset (first zero-train-error epoch): {s['tpt_onset_epoch']}")
-    if s["nc1_at_onset"] is not None:
-        print(f"NC1 at onset (epoch {s['nc1_at_onset_epoch']}): {_fmt(s['nc1_at_onset'])}")
-    print(f"final (epoch {s['final_epoch']}): NC1 {_fmt(s['nc1'])}  "
-          f"NC2 equinorm {_fmt(s['nc2_equinorm_means'])} "
-          f"equiangular {_fmt(s['nc2_equiangular_means'])}  "
-          f"NC3 {_fmt(s['nc3_self_duality'])}  NC4 {_fmt(s['nc4_ncc_mismatch'])}")
-    print(f"final train error {_fmt(s['train_error'])}  test accuracy {_fmt(s['test_accuracy'])}")
+    for line in summary_lines(run_summary(out)):
+        print(line)
     return 0
+
+
+def summary_lines(s: dict) -> list[str]:
+    """The run summary in words: no "None" anywhere, every epoch named as "epoch N"."""
+    lines = [f"state: {s['state'] or 'unknown'}  epochs done: {_fmt(s['epoch'])}  "
+             f"time: {_fmt(s['time'])} s"]
+    onset = s["tpt_onset_epoch"]
+    if onset is None:
+        lines.append("TPT onset: not reached (the training error never reached 0)")
+    else:
+        lines.append(f"TPT onset: epoch {onset} (the first epoch with zero training error)")
+        at = s["nc1_at_onset_epoch"]
+        if s["nc1_at_onset"] is not None:
+            where = (f"epoch {at}" if at == onset
+                     else f"epoch {at}, the first measurement after the onset")
+            lines.append(f"NC1 at the onset ({where}): {_fmt(s['nc1_at_onset'])}")
+    if s["final_epoch"] is None:
+        lines.append("no measurement was recorded")
+    else:
+        lines.append(f"final (epoch {s['final_epoch']}): NC1 {_fmt(s['nc1'])}  "
+                     f"NC2 equinorm {_fmt(s['nc2_equinorm_means'])} "
+                     f"equiangular {_fmt(s['nc2_equiangular_means'])}  "
+                     f"NC3 {_fmt(s['nc3_self_duality'])}  NC4 {_fmt(s['nc4_ncc_mismatch'])}")
+        lines.append(f"final train error {_fmt(s['train_error'])}  "
+                     f"test accuracy {_fmt(s['test_accuracy'])}")
+    return lines
 
 
 def _floats(text: str) -> list[float]:
