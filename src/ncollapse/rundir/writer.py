@@ -130,7 +130,13 @@ class RunWriter:
                                         f"(is {path} a run directory?)")
             self._lock.acquire()
         else:
-            _check_new(path)
+            if (path / LOCK).is_file():  # a run's folder: name a live holder before anything
+                self._lock.acquire()
+            try:
+                _check_new(path)
+            except BaseException:
+                self._lock.release()
+                raise
             path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             try:
