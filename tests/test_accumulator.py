@@ -341,3 +341,14 @@ def test_update_ood_matches_one_shot_and_reference():
     assert_matches(parts[0].compute().to_dict(), ref, 1e-9)
     with pytest.raises(RuntimeError, match=r"update_ood\(\) in pass 2"):
         parts[0].update_ood(ood)
+
+
+def test_state_loads_into_an_accumulator_without_arguments():
+    h, y, _, _ = synthetic(300, 8, 3, 0.5)
+    acc = NCAccumulator(num_classes=3)
+    acc.update(h, y)
+    bare = NCAccumulator()
+    bare.load_state_dict(acc.state_dict())
+    other = NCAccumulator()
+    other.merge(acc)
+    assert bare.compute().to_dict() == other.compute().to_dict() == acc.compute().to_dict()

@@ -124,7 +124,8 @@ class NCAccumulator:
         if self._ncc_arg is not None:
             self._ncc = V.check_matrix(self._ncc_arg, "ncc_means", (None, d),
                                        "ncc_means must be (C, d), one centre per class", dev)
-        c = V.resolve_num_classes(self._num_classes_arg, None, w, b, logits, self._ncc)
+        given = self._num_classes_arg if self._num_classes_arg is not None else num_classes
+        c = V.resolve_num_classes(given, None, w, b, logits, self._ncc)
         if num_classes is not None and c != num_classes:
             raise ValueError(f"the saved state has C = {num_classes} classes but this "
                              f"accumulator has C = {c}; construct it with the same classifier")
