@@ -410,3 +410,11 @@ def test_json_output_onto_a_directory_or_through_a_link(tmp_path, capsys):
     (tmp_path / "m.json").symlink_to(target)
     assert cli_main(["measure", str(data), "--json", str(tmp_path / "m.json")]) == 0
     assert (tmp_path / "m.json").is_symlink() and "nc1" in json.loads(target.read_text())
+
+
+def test_a_model_too_large_for_memory_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert cli_main(["train", *_flags(width=10**9), "--out", str(out), "--no-progress"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "width 1000000000" in line and "does not fit in memory" in line
+    assert load_run(out).state == "failed"  # the claimed directory says what happened

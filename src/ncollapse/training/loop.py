@@ -296,10 +296,18 @@ def _load_data(cfg: TrainConfig, info: D.DistInfo):
 
 
 def _build(cfg: TrainConfig, train_ds, device: torch.device):
-    model = build_model(cfg.model, input_shape=tuple(train_ds.input_shape),
-                        num_classes=train_ds.num_classes, width=cfg.width, depth=cfg.depth,
-                        batchnorm=cfg.batchnorm, fixed_etf_classifier=cfg.fixed_etf_classifier,
-                        seed=cfg.seed).to(device)
+    try:
+        model = build_model(cfg.model, input_shape=tuple(train_ds.input_shape),
+                            num_classes=train_ds.num_classes, width=cfg.width, depth=cfg.depth,
+                            batchnorm=cfg.batchnorm,
+                            fixed_etf_classifier=cfg.fixed_etf_classifier,
+                            seed=cfg.seed).to(device)
+    except (RuntimeError, MemoryError) as exc:  # an absurd --width: the allocator said no
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise ValueError(f"the {cfg.model} with width {cfg.width} and depth {cfg.depth} does "
+                         f"not fit in memory on {device}; choose a smaller --width or --depth"
+                         ) from None
     criterion = build_loss(cfg.loss, num_classes=train_ds.num_classes,
                            label_smoothing=cfg.label_smoothing, mse_scale=cfg.mse_scale,
                            focal_gamma=cfg.focal_gamma)
