@@ -204,3 +204,21 @@ def test_report_shows_collapse_through_depth(tmp_path):
     start = page.index("<h2>Collapse through depth</h2>")
     assert page.index("data:image/png;base64,", start) < page.index("</p>", start)
     assert "Per class: imbalance" not in page  # a balanced run has no per-class section
+
+
+def test_report_of_an_imbalanced_run_has_the_per_class_section(tmp_path):
+    from ncollapse.rundir import RunWriter
+
+    rng = np.random.default_rng(1)
+    c, d = 4, 5
+    labels = np.repeat(np.arange(c), 4)
+    cfg = {"data": {"dataset": "gaussian", "imbalance": "step", "ratio": 5.0}}
+    with RunWriter(tmp_path / "imb", cfg, epochs=2) as run:
+        for e in (1, 2):
+            means = rng.standard_normal((c, d)) * 2
+            run.log_measurement(e, train={"nc1": 1.0}, snapshot={
+                "features": means[labels] + 0.1 * rng.standard_normal((labels.size, d)),
+                "labels": labels, "means": means, "weight": rng.standard_normal((c, d))})
+    page = build_report(tmp_path / "imb", make_animation=False).read_text()
+    assert "<h2>Per class: imbalance and minority collapse</h2>" in page
+    assert "Collapse through depth" not in page  # no layer-wise rows in this run
