@@ -211,7 +211,8 @@ def training_means(model: nn.Module, loader: Iterable[Any], *,
     """Class means (C, d), float64 on the CPU, of the features ``measure_model`` would measure
     (same arguments), from one pass; a dict name -> means with ``layers=``. Pass them as
     ``measure_model(model, test_loader, ..., ncc_means=...)`` to measure NC4 on test data
-    against the training means. Every class must have samples in ``loader``.
+    against the training means. Every class must have samples in ``loader``; under
+    torch.distributed each rank passes its shard and every rank gets the means of all.
     """
     specs, several = _layer_list(layer, layers)
     use = use if use is not None else ("output" if several else "input")
@@ -219,7 +220,7 @@ def training_means(model: nn.Module, loader: Iterable[Any], *,
     tap = LayerTap(model, specs, classifier=classifier, use=use, pool=pool, device=dev,
                    max_batches=max_batches, progress=progress, input_key=input_key,
                    label_key=label_key)
-    means: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
     counts: torch.Tensor | None = None
     c = num_classes
     batches = tap.batches(loader, "class means")
@@ -233,18 +234,22 @@ def training_means(model: nn.Module, loader: Iterable[Any], *,
                 raise ValueError(f"labels must lie in [0, {c}), got [{int(y.min())}, "
                                  f"{int(y.max())}]")
             n_b = torch.bincount(y, minlength=c).to(torch.float64)
-            total = n_b if counts is None else counts + n_b
-            share = torch.where(total > 0, n_b / total.clamp_min(1), 0.0)[:, None]
+            counts = n_b if counts is None else counts + n_b
             for name, f in feats.items():
-                m_b = class_means(f, y.to(f.device), c)[0].cpu()
-                m_b = torch.nan_to_num(m_b)  # absent in this batch: share 0 anyway
-                prev = means.get(name, torch.zeros_like(m_b))
-                means[name] = prev + (m_b - prev) * share  # running mean per class
-            counts = total
+                m_b = torch.nan_to_num(class_means(f, y.to(f.device), c)[0].cpu())
+                part = m_b * n_b[:, None]  # this batch's class sums, from centred means
+                sums[name] = part if name not in sums else sums[name] + part
     if counts is None:
         raise ValueError("the loader produced no batches")
+    if dist.is_available() and dist.is_initialized():  # every rank's shard
+        backend_dev = dev if dist.get_backend() == "nccl" else torch.device("cpu")
+        for t in [counts, *sums.values()]:
+            moved = t.to(backend_dev)
+            dist.all_reduce(moved)
+            t.copy_(moved.cpu())
     absent = torch.nonzero(counts == 0).flatten().tolist()
     if absent:
         raise ValueError(f"classes {absent} have no samples in the loader, so they have no "
                          "training mean")
+    means = {name: s / counts[:, None] for name, s in sums.items()}
     return means if several else means[tap.names[0]]
