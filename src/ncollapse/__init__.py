@@ -9,7 +9,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ncollapse.collect import collect_features, measure_model  # noqa: E402
+from ncollapse.collect import collect_features, measure_model, training_means  # noqa: E402
 from ncollapse.metrics import NCAccumulator, NCMetrics, measure  # noqa: E402
 from ncollapse.rundir import RunWriter  # noqa: E402
 
@@ -20,5 +20,6 @@ __all__ = [
     "collect_features",
     "measure",
     "measure_model",
+    "training_means",
     "__version__",
 ]
