@@ -1,158 +1,20 @@
-"""MSE decomposition and central path [Han22], checked against independent float64 solves."""
+"""Central path [Han22]: loss, gradient, SNR dynamics and the run-directory plot, checked against
+independent float64 solves. (The MSE decomposition itself: tests/test_decomposition.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-import torch
+import scipy.linalg
+from ridge_reference import balanced_features, direct_loss, ridge_lstsq
 
-from ncollapse.theory import mse_decomposition
-
-TOL = 1e-10
-
-
-def _features(rng: np.random.Generator, c: int = 4, n: int = 12, d: int = 6,
-              noise: float = 1.0, offset: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    means = rng.normal(size=(c, d)) * 3.0 + offset * rng.normal(size=d)
-    labels = np.repeat(np.arange(c), n)
-    rng.shuffle(labels)
-    return means[labels] + noise * rng.normal(size=(c * n, d)), labels
-
-
-def _ridge_lstsq(h: np.ndarray, y: np.ndarray, c: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Independent solve: min ½ mean‖W̃ x_i − e_i‖² + λ/2‖W̃‖² by np.linalg.lstsq (stacked rows)."""
-    n, d = h.shape
-    x = np.hstack([h, np.ones((n, 1))]) / np.sqrt(n)
-    t = np.eye(c)[y] / np.sqrt(n)
-    if lam > 0:
-        x = np.vstack([x, np.sqrt(lam) * np.eye(d + 1)])
-        t = np.vstack([t, np.zeros((d + 1, c))])
-    sol = np.linalg.lstsq(x, t, rcond=None)[0].T  # (C, d+1)
-    return sol[:, :d], sol[:, d]
-
-
-def _direct_loss(h, y, w, b, lam):
-    c = w.shape[0]
-    r = h @ w.T + b - np.eye(c)[y]
-    return 0.5 * np.mean(np.sum(r**2, axis=1)) + 0.5 * lam * (np.sum(w**2) + np.sum(b**2))
-
-
-@pytest.mark.parametrize("lam", [0.0, 1e-3, 0.3, 2.0])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_identity_and_least_squares(lam: float, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    h, y = _features(rng)
-    c, d = 4, h.shape[1]
-    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
-    out = mse_decomposition(h, y, w, b, lam)
-    assert abs(out["loss"] - _direct_loss(h, y, w, b, lam)) < TOL
-    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
-    w_ls, b_ls = _ridge_lstsq(h, y, c, lam)
-    np.testing.assert_allclose(out["weight_ls"], w_ls, rtol=0, atol=TOL)
-    np.testing.assert_allclose(out["bias_ls"], b_ls, rtol=0, atol=TOL)
-    # the least-squares loss is the minimum: nc1 + nc2_3 is the loss at W_LS
-    assert abs(out["nc1"] + out["nc2_3"] - _direct_loss(h, y, w_ls, b_ls, lam)) < TOL
-    assert out["ls_perp"] > 0
-
-
-@pytest.mark.parametrize("lam", [0.0, 0.1])
-def test_ls_perp_vanishes_on_the_central_path(lam: float) -> None:
-    rng = np.random.default_rng(5)
-    h, y = _features(rng)
-    w_ls, b_ls = _ridge_lstsq(h, y, 4, lam)
-    out = mse_decomposition(h, y, w_ls, b_ls, lam)
-    assert out["ls_perp"] < 1e-20
-    assert abs(out["nc1"] + out["nc2_3"] - out["loss"]) < TOL
-
-
-@pytest.mark.parametrize("lam", [0.0, 1e-2])
-def test_nc1_term_vanishes_as_features_collapse(lam: float) -> None:
-    rng = np.random.default_rng(7)
-    c, d = 4, 6
-    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
-    nc1 = []
-    for noise in [1e-1, 1e-2, 1e-3, 1e-4]:
-        h, y = _features(np.random.default_rng(7), c=c, d=d, noise=noise)
-        out = mse_decomposition(h, y, w, b, lam)
-        assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
-        assert abs(out["loss"] - _direct_loss(h, y, w, b, lam)) < TOL
-        nc1.append(out["nc1"] - 0.5 * lam * (np.sum(out["weight_ls"] ** 2)
-                                             + np.sum(out["bias_ls"] ** 2)))
-    # the within-class part of L_NC1 shrinks with the spread
-    assert all(a > b_ for a, b_ in zip(nc1, nc1[1:], strict=False))
-    assert nc1[-1] < 1e-5 * nc1[0]  # ∝ σ² since W_LS stays bounded
-
-
-def test_bias_none_is_b_zero_and_torch_inputs() -> None:
-    rng = np.random.default_rng(3)
-    h, y = _features(rng)
-    w = rng.normal(size=(4, h.shape[1]))
-    ref = mse_decomposition(h, y, w, np.zeros(4), 0.2)
-    out = mse_decomposition(torch.tensor(h, dtype=torch.float64), torch.tensor(y), torch.tensor(w),
-                            None, 0.2)
-    for key in ("loss", "nc1", "nc2_3", "ls_perp"):
-        assert out[key] == ref[key]
-    np.testing.assert_array_equal(out["weight_ls"], ref["weight_ls"])
-
-
-def test_singular_total_covariance_lambda_zero() -> None:
-    # d > N - 1: Σ_T singular; the min-norm least-squares classifier keeps the identity exact
-    rng = np.random.default_rng(11)
-    h, y = _features(rng, c=3, n=2, d=9)
-    w, b = rng.normal(size=(3, 9)), rng.normal(size=3)
-    out = mse_decomposition(h, y, w, b, 0.0)
-    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL
-    # the minimiser is not unique: compare fitted values and minimum loss, not the weights
-    w_ls, b_ls = _ridge_lstsq(h, y, 3, 0.0)
-    np.testing.assert_allclose(h @ out["weight_ls"].T + out["bias_ls"], h @ w_ls.T + b_ls,
-                               rtol=0, atol=1e-9)
-    assert abs(out["nc1"] + out["nc2_3"] - _direct_loss(h, y, w_ls, b_ls, 0.0)) < TOL
-    # W_LS is the min-norm solution of the reduced (bias-eliminated) system: no null-space part
-    null = np.linalg.svd(h - h.mean(axis=0))[2][np.linalg.matrix_rank(h - h.mean(axis=0)):]
-    assert np.abs(out["weight_ls"] @ null.T).max() < 1e-12
-
-
-@pytest.mark.parametrize("scale", [0.5, 3.0])
-def test_target_scale(scale: float) -> None:
-    rng = np.random.default_rng(8)
-    h, y = _features(rng)
-    c = 4
-    w, b = rng.normal(size=(c, h.shape[1])), rng.normal(size=c)
-    out = mse_decomposition(h, y, w, b, 0.2, target_scale=scale)
-    r = h @ w.T + b - scale * np.eye(c)[y]
-    direct = 0.5 * np.mean(np.sum(r**2, axis=1)) + 0.1 * (np.sum(w**2) + np.sum(b**2))
-    assert abs(out["loss"] - direct) < TOL * scale**2
-    assert abs(out["nc1"] + out["nc2_3"] + out["ls_perp"] - out["loss"]) < TOL * scale**2
-    # least squares against scaled targets: k times the k = 1 solution
-    n, d = h.shape
-    x = np.vstack([np.hstack([h, np.ones((n, 1))]) / np.sqrt(n), np.sqrt(0.2) * np.eye(d + 1)])
-    t = np.vstack([scale * np.eye(c)[y] / np.sqrt(n), np.zeros((d + 1, c))])
-    sol = np.linalg.lstsq(x, t, rcond=None)[0].T
-    np.testing.assert_allclose(out["weight_ls"], sol[:, :d], atol=TOL * scale)
-    np.testing.assert_allclose(out["bias_ls"], sol[:, d], atol=TOL * scale)
-
-
-def test_errors_name_the_problem() -> None:
-    rng = np.random.default_rng(0)
-    h, y = _features(rng)
-    w = rng.normal(size=(4, h.shape[1]))
-    with pytest.raises(ValueError, match="balanced"):
-        mse_decomposition(h[1:], y[1:], w, None, 0.0)
-    with pytest.raises(ValueError, match="lam"):
-        mse_decomposition(h, y, w, None, -1.0)
-    with pytest.raises(ValueError, match="dim"):
-        mse_decomposition(h[:, :3], y, w, None, 0.0)
-    with pytest.raises(ValueError, match="labels"):
-        mse_decomposition(h, y + 1, w, None, 0.0)
-    with pytest.raises(ValueError, match="bias"):
-        mse_decomposition(h, y, w, np.zeros(3), 0.0)
-    with pytest.raises(ValueError, match="target_scale"):
-        mse_decomposition(h, y, w, None, 0.0, target_scale=0.0)
-
-
-# ---------------------------------------------------------------------------- central path
-
-from ncollapse.theory.central_path import (  # noqa: E402
+from ncollapse.cli import main
+from ncollapse.config import load_config
+from ncollapse.metrics import mse_decomposition
+from ncollapse.rundir import RunWriter
+from ncollapse.theory.central_path import (
     central_path_gradient,
     central_path_loss,
     initial_features,
@@ -160,22 +22,23 @@ from ncollapse.theory.central_path import (  # noqa: E402
     renormalized_flow,
     snr_singular_values,
 )
-from ncollapse.theory.figures import (  # noqa: E402
+from ncollapse.theory.figures import (
     mse_decomposition_figure,
     read_mse_decomposition,
     run_label,
 )
+from ncollapse.training import train
+
+TOL = 1e-10
 
 
 def _independent_cp_loss(h: np.ndarray, y: np.ndarray, c: int) -> float:
-    w, b = _ridge_lstsq(h, y, c, 0.0)
-    return float(_direct_loss(h, y, w, b, 0.0))
+    w, b = ridge_lstsq(h, y, c, 0.0)
+    return float(direct_loss(h, y, w, b, 0.0))
 
 
 def _independent_omega(h: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
     """Singular values of Σ_W^{-1/2} M̃ via scipy's matrix square root (a different route)."""
-    import scipy.linalg
-
     means = np.stack([h[y == k].mean(axis=0) for k in range(c)])
     dev = h - means[y]
     sw = dev.T @ dev / h.shape[0]
@@ -188,7 +51,7 @@ def _independent_omega(h: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
 def test_central_path_loss_closed_form_and_affine_invariance(seed: int) -> None:
     rng = np.random.default_rng(seed)
     c, d = 5, 7
-    h, y = _features(rng, c=c, n=6, d=d)
+    h, y = balanced_features(rng, c=c, n=6, d=d)
     loss = central_path_loss(h, y)
     assert abs(loss - _independent_cp_loss(h, y, c)) < TOL
     omega = snr_singular_values(h, y)
@@ -209,7 +72,7 @@ def test_central_path_loss_closed_form_and_affine_invariance(seed: int) -> None:
 def test_central_path_gradient_matches_finite_differences() -> None:
     rng = np.random.default_rng(4)
     c = 3
-    h, y = _features(rng, c=c, n=5, d=4)
+    h, y = balanced_features(rng, c=c, n=5, d=4)
     g = central_path_gradient(h, y)
     eps = 1e-6
     fd = np.zeros_like(h)
@@ -266,11 +129,9 @@ def test_renormalized_flow_follows_exact_dynamics_and_equalizes() -> None:
 def _fake_run(tmp_path, with_decomposition: bool = True):
     """A run directory, written by the public RunWriter, whose measurements come from a real
     least-squares descent."""
-    from ncollapse.rundir import RunWriter
-
     rng = np.random.default_rng(0)
     c, d = 3, 4
-    h, y = _features(rng, c=c, n=10, d=d)
+    h, y = balanced_features(rng, c=c, n=10, d=d)
     w, b = np.zeros((c, d)), np.zeros(c)
     rows = []
     run = tmp_path / ("mse" if with_decomposition else "ce")
@@ -292,8 +153,6 @@ def _fake_run(tmp_path, with_decomposition: bool = True):
 
 
 def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
-    import json
-
     run, rows = _fake_run(tmp_path)
     data = read_mse_decomposition(run)
     np.testing.assert_array_equal(data["epoch"], np.arange(1, 31))
@@ -316,10 +175,6 @@ def test_plot_mse_decomposition_from_a_run_dir(tmp_path) -> None:
 
 
 def test_cli_central_path(tmp_path) -> None:
-    import json
-
-    from ncollapse.cli import main
-
     run, _ = _fake_run(tmp_path)
     assert main(["theory", "central-path", "--steps", "600", "--per-class", "6",
                  "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json"),
@@ -339,9 +194,6 @@ def test_cli_central_path(tmp_path) -> None:
 
 def test_decomposition_of_a_real_tiny_mse_run(tmp_path) -> None:
     """`ncollapse train` with the MSE loss records the decomposition; the plot reads it."""
-    from ncollapse.config import load_config
-    from ncollapse.training import train
-
     cfg = load_config(overrides={
         "dataset": "digits", "model": "mlp", "width": 32, "depth": 2, "loss": "mse",
         "per_class": 20, "lr": 0.05, "weight_decay": 5e-4, "batch_size": 50, "epochs": 4,
