@@ -201,3 +201,19 @@ def test_bad_settings_are_one_line_errors(tmp_path) -> None:
         GPT(GPTConfig(n_embd=30, n_head=4))
     with pytest.raises(FileNotFoundError, match="no such text file"):
         run_lm(LMConfig(text=str(tmp_path / "missing.txt")), tmp_path)
+
+
+def test_command_help_states_the_config_defaults() -> None:
+    """The flags' help texts give LMConfig's defaults (the command does not import it)."""
+    d = LMConfig()
+    assert d.min_lr == pytest.approx(d.lr / 10)  # what --lr sets along with lr
+    checked = 0
+    for _flag, dest, kind, text in lm_command._FLAGS:
+        value = text.rsplit("(default: ", 1)[1].rstrip(")")
+        if value in ("all", "torch's choice"):
+            assert getattr(d, dest) is None, dest
+        else:
+            assert kind(value) == getattr(d, dest), dest
+            checked += 1
+    assert checked >= 9
+    assert d.schedule() == [0, d.steps // 8, d.steps // 3, d.steps]

@@ -23,10 +23,26 @@ def _ints(text: str) -> list[int]:
                                          ) from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from ncollapse.lm.train import LMConfig
+# flag -> (LMConfig field, type, help); the defaults in the help are checked against LMConfig
+# by tests/test_lm.py (the config module is not imported here, to keep `ncollapse --help` fast)
+_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--max-lines", "max_lines", int, "only the first lines of the corpus (default: all)"),
+    ("--vocab-size", "vocab_size", int, "BPE vocabulary = number of classes (default: 8192)"),
+    ("--steps", "steps", int, "training steps (default: 500)"),
+    ("--measure-positions", "measure_positions", int,
+     "measure only the first N training positions (default: all)"),
+    ("--batch-size", "batch_size", int, "windows per training step (default: 32)"),
+    ("--block-size", "block_size", int, "context length (default: 128)"),
+    ("--layers", "n_layer", int, "transformer blocks (default: 4)"),
+    ("--heads", "n_head", int, "attention heads (default: 4)"),
+    ("--width", "n_embd", int, "hidden size d (default: 128)"),
+    ("--lr", "lr", float, "peak learning rate; the cosine decay ends at lr/10 (default: 0.002)"),
+    ("--seed", "seed", int, "random seed (default: 0)"),
+    ("--threads", "threads", int, "torch CPU threads (default: torch's choice)"),
+)
 
-    d = LMConfig()
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "lm", help="neural collapse in a small language model (King James Bible, GPT, BPE)",
         description="Train a byte-pair tokenizer and a small GPT-style decoder on the King "
@@ -37,26 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "OUT. Needs the extra ncollapse[lm] (tokenizers).",
     )
     p.add_argument("--out", type=Path, help="output directory (default: runs/lm-<time>)")
-    p.add_argument("--text", type=Path, help="a UTF-8 text file to use instead of the Bible")
-    p.add_argument("--max-lines", type=int, help="only the first lines of the corpus")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size,
-                   help=f"BPE vocabulary = number of classes (default {d.vocab_size})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps ({d.steps})")
+    p.add_argument("--text", metavar="FILE", help="a UTF-8 text file to use instead of the Bible")
+    for flag, dest, kind, text in _FLAGS:
+        p.add_argument(flag, dest=dest, type=kind, help=text, metavar="N" if kind is int else "X")
     p.add_argument("--measure-steps", type=_ints, metavar="S,S,...",
                    help="steps at which to measure (default: 0, 1/8, 1/3 and all of --steps)")
-    p.add_argument("--measure-positions", type=int,
-                   help="measure only the first N training positions (default: all)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"windows per training step ({d.batch_size})")
-    p.add_argument("--block-size", type=int, default=d.block_size,
-                   help=f"context length ({d.block_size})")
-    p.add_argument("--layers", type=int, default=d.n_layer, help=f"blocks ({d.n_layer})")
-    p.add_argument("--heads", type=int, default=d.n_head, help=f"attention heads ({d.n_head})")
-    p.add_argument("--width", type=int, default=d.n_embd,
-                   help=f"hidden size d ({d.n_embd})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate ({d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -64,13 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ncollapse.lm.train import LMConfig, run_lm
 
-    cfg = LMConfig(
-        text=None if args.text is None else str(args.text), max_lines=args.max_lines,
-        vocab_size=args.vocab_size, steps=args.steps, measure_steps=args.measure_steps,
-        measure_positions=args.measure_positions, batch_size=args.batch_size,
-        block_size=args.block_size, n_layer=args.layers, n_head=args.heads, n_embd=args.width,
-        lr=args.lr, min_lr=args.lr / 10, seed=args.seed, threads=args.threads,
-    )
+    given = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS
+             if getattr(args, dest) is not None}
+    if args.lr is not None:
+        given["min_lr"] = args.lr / 10
+    cfg = LMConfig(text=args.text, measure_steps=args.measure_steps, **given)
     out = args.out or Path("runs") / time.strftime("lm-%Y%m%d-%H%M%S")
     try:
         rows = run_lm(cfg, out, progress=not args.no_progress, log=print)
