@@ -35,15 +35,18 @@ SUBCOMMANDS = {
 
 def add_common_arguments(p: argparse.ArgumentParser, *, classes: int = 4, per_class: int = 10,
                          dim: int = 8, lambda_w: float | None = 5e-3,
-                         lambda_h: float | None = 5e-3, lambda_b: float | None = 5e-3) -> None:
-    """The flags every theory subcommand takes; each model passes its own defaults."""
+                         lambda_h: float | None = 5e-3, lambda_b: float | None = 5e-3,
+                         lambda_none: str = "") -> None:
+    """The flags every theory subcommand takes; each model passes its own defaults
+    (``lambda_none``: what a weight decay left at None means for that model, for --help)."""
     g = p.add_argument_group("common")
     g.add_argument("--classes", type=int, default=classes, help="number of classes C")
     g.add_argument("--per-class", type=int, default=per_class, help="samples per class n")
     g.add_argument("--dim", type=int, default=dim, help="feature dimension d")
-    g.add_argument("--lambda-w", type=float, default=lambda_w, help="weight decay on W")
-    g.add_argument("--lambda-h", type=float, default=lambda_h, help="weight decay on H")
-    g.add_argument("--lambda-b", type=float, default=lambda_b, help="weight decay on b")
+    for name, value in (("W", lambda_w), ("H", lambda_h), ("b", lambda_b)):
+        note = f" ({lambda_none})" if value is None and lambda_none else ""
+        g.add_argument(f"--lambda-{name.lower()}", type=float, default=value,
+                       help=f"weight decay on {name}{note}")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--out", type=Path, default=None,
                    help="directory for figures (default: ./theory-<model>)")
@@ -51,6 +54,18 @@ def add_common_arguments(p: argparse.ArgumentParser, *, classes: int = 4, per_cl
                    help="write the result as JSON to this path")
     g.add_argument("--no-figures", action="store_true",
                    help="skip drawing figures (every computation still runs)")
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Adds "(default: X)" to a flag's help unless the help already says it or the flag takes
+    no value (switches) or has no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="model", metavar="MODEL", required=True)
     for name, modname in SUBCOMMANDS.items():
         mod = importlib.import_module(modname)
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+                           formatter_class=_DefaultsHelp)
         mod.configure_parser(p)
         p.set_defaults(func=run, theory_module=modname)
 

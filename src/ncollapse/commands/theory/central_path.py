@@ -11,7 +11,7 @@ import numpy as np
 
 from ncollapse.commands.theory import add_common_arguments
 from ncollapse.geometry import etf_distance
-from ncollapse.metrics import measure
+from ncollapse.metrics import class_means, measure, mse_decomposition
 from ncollapse.theory import central_path as cp
 
 HELP = "MSE loss decomposition (NC1 + NC2/3 + LS-perp) and renormalized flow on the central path"
@@ -46,7 +46,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     h = flow["features"]
     omega = flow["omega"][-1]
     closed = 0.5 * float(np.sum(1.0 / (c + omega**2)))
-    dec = cp.mse_decomposition(h, y, np.zeros((c, d)), None, 0.0)
+    dec = mse_decomposition(h, y, np.zeros((c, d)), None, 0.0)
     objective = dec["nc1"] + dec["nc2_3"]
     rec = np.sort(flow["recurrence_omega"], axis=1)[:, ::-1]
     rec_err = float(np.max(np.abs(flow["omega"] / rec - 1.0)))
@@ -56,7 +56,7 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     inv_err = abs(cp.central_path_loss(h0 @ a.T + rng.normal(size=d), y, c)
                   - cp.central_path_loss(h0, y, c))
     metrics = measure(h, y, weight=dec["weight_ls"], bias=dec["bias_ls"], num_classes=c)
-    means = np.stack([h[y == k].mean(axis=0) for k in range(c)])
+    means = class_means(h, y, c)[0]
     summary = [
         f"central path, renormalized flow: C={c}, N={c * n}, d={d}, {args.steps} steps, "
         f"t = {flow['time'][-1]:.4g}, {elapsed:.2f} s",

@@ -31,7 +31,8 @@ def _energy_pairs(text: str) -> list[tuple[float, float]]:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Flags of ``ncollapse theory layer-peeled``."""
     add_common_arguments(p, classes=10, per_class=5, dim=20, lambda_w=None, lambda_h=None,
-                         lambda_b=None)
+                         lambda_b=None, lambda_none="not used: this model has norm budgets, "
+                                                    "see --energy-w/--energy-h")
     g = p.add_argument_group("layer-peeled")
     g.add_argument("--energy-w", type=float, default=1.0, help="budget E_W on (1/C)Σ‖w_c‖²")
     g.add_argument("--energy-h", type=float, default=1.0,

@@ -18,7 +18,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     """Flags of ``ncollapse theory ufm``."""
     # lambda None = "the model's default": 5e-3, or 0 for the MSE-with-bias model (Mixon et al.)
     add_common_arguments(p, classes=10, per_class=50, dim=16, lambda_w=None, lambda_h=None,
-                         lambda_b=None)
+                         lambda_b=None, lambda_none="default: 5e-3; 0 for MSE with a bias")
     g = p.add_argument_group("ufm")
     g.add_argument("--loss", choices=ufm.LOSSES, default="ce", help="cross-entropy or MSE")
     g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
