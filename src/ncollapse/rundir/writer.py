@@ -179,7 +179,8 @@ class RunWriter:
         elif not self._closed:
             done = self.last_epoch
             where = f"at epoch {done}" if done is not None else "before the first epoch"
-            self.close("failed", f"stopped {where} by {exc_type.__name__}: {exc}")
+            detail = f": {exc}" if str(exc) else ""
+            self.close("failed", f"stopped {where} by {exc_type.__name__}{detail}")
 
     # ------------------------------------------------------------------ logging
 
