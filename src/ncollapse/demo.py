@@ -101,7 +101,8 @@ def summary_lines(run: Any, result: Mapping[str, Any]) -> list[str]:
     onset = run.tpt_onset
     first, last = (run.metrics[0], run.metrics[-1]) if run.metrics else (None, None)
     nc1_first = run.value(first, "train.nc1")
-    nc1_onset = run.value(run.row_at(onset), "train.nc1")
+    at_onset = run.row_at(onset)  # the measurement at the onset, else the first after it
+    nc1_onset = run.value(at_onset, "train.nc1")
     nc1_end = run.value(last, "train.nc1")
     acc = run.value(last, "test_accuracy")
 
@@ -110,9 +111,11 @@ def summary_lines(run: Any, result: Mapping[str, Any]) -> list[str]:
 
     lines = [f"done in {result['seconds']:.0f} s: the run {run.describe_state()}"]
     if onset is not None:
+        where = ("the onset" if at_onset is None or at_onset["epoch"] == onset
+                 else f"epoch {at_onset['epoch']}, the first measurement after the onset")
         lines.append(f"  zero training error from epoch {onset} (TPT onset); NC1 "
-                     f"{fmt(nc1_first)} at epoch {first['epoch']} -> {fmt(nc1_onset)} at the "
-                     f"onset -> {fmt(nc1_end)} at epoch {last['epoch']}")
+                     f"{fmt(nc1_first)} at epoch {first['epoch']} -> {fmt(nc1_onset)} at "
+                     f"{where} -> {fmt(nc1_end)} at epoch {last['epoch']}")
     elif last is not None:
         lines.append(f"  training error never reached zero; NC1 {fmt(nc1_first)} -> "
                      f"{fmt(nc1_end)}")
