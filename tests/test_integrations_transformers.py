@@ -120,3 +120,22 @@ def test_missing_head_is_named():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="classifier='<module name>'"):
         classification_head(model)
+
+
+def test_without_a_trainer_reference_metrics_go_to_log_history_with_layers(tmp_path):
+    model = tiny_bert()
+    train = TokenClasses(48, seed=3)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=1,
+                             per_device_train_batch_size=16, learning_rate=1e-3,
+                             save_strategy="no", eval_strategy="no", report_to="none",
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    nc = NeuralCollapseCallback(layers=["bert.encoder.layer.*"], val=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[nc])
+    trainer.train()
+    (row,) = [r for r in trainer.state.log_history if "nc/train/nc1" in r]
+    layer_keys = [k for k in row if k.startswith("nc/train/layers/")]
+    assert "nc/train/layers/bert.encoder.layer.0/nc1" in layer_keys
+    assert not any(k.startswith("nc/val/") for k in row)
+    # pool="avg": the encoder layer's output averaged over the sequence, hidden size wide
+    assert row["nc/train/layers/bert.encoder.layer.0/dim"] == 16
+    assert list(nc.layer_history[0][1]["train"]) == ["bert.encoder.layer.0"]

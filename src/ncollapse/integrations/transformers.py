@@ -31,7 +31,7 @@ from ncollapse.metrics import NCMetrics
 
 _tf = require("transformers", "transformers", "ncollapse.integrations.transformers")
 
-__all__ = ["NeuralCollapseCallback", "classification_head"]
+__all__ = ["NeuralCollapseCallback", "classification_head", "mean_over_tokens"]
 
 #: Where sequence-classification models keep the Linear that produces the logits.
 HEAD_NAMES = ("classifier", "classifier.out_proj", "score", "classifier.dense_out", "out_proj")
@@ -49,6 +49,12 @@ def classification_head(model: nn.Module) -> str:
     )
 
 
+def mean_over_tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden states (batch, tokens, hidden) -> (batch, hidden), the mean over the tokens
+    (padding included); other shapes are flattened per sample."""
+    return hidden.mean(dim=1) if hidden.ndim == 3 else hidden.flatten(1)
+
+
 class NeuralCollapseCallback(_tf.TrainerCallback):
     """Measure neural collapse at the end of chosen epochs of a ``transformers.Trainer``.
 
@@ -63,8 +69,9 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
             :func:`ncollapse.measure_model`; the classifier defaults to the model's
             classification head (:func:`classification_head`), the features to its input.
         layers, pool: more layers to measure as well (e.g. ``"bert.encoder.layer.*"``), each
-            output pooled by ``pool`` (default ``"avg"``: the mean over the sequence), logged
-            as ``nc/train/layers/<name>/<metric>``.
+            output pooled by ``pool`` (default :func:`mean_over_tokens`: hidden states
+            (batch, tokens, hidden) averaged over the tokens), logged as
+            ``nc/train/layers/<name>/<metric>``.
         label_key: the batch key holding the labels (default: the trainer's first
             ``label_names``, else ``"labels"``).
         run_dir, config, snapshot_size: an optional run directory for ``ncollapse plot``,
@@ -76,7 +83,7 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
                  num_measurements: int = 50, val: bool = True,
                  classifier: nn.Module | str | None = None, layer: nn.Module | str | None = None,
                  use: str | None = None, layers: Sequence[nn.Module | str] | None = None,
-                 pool: str | Callable[[torch.Tensor], torch.Tensor] = "avg",
+                 pool: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
                  max_batches: int | None = None,
                  full_covariance: bool = False, label_key: str | None = None,
                  run_dir: str | Path | None = None, config: Mapping[str, Any] | None = None,
@@ -85,7 +92,8 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
         self.val = val
         self.label_key = label_key
         self.options = MeasureOptions(layer=layer, classifier=classifier, use=use,
-                                      layers=layers, pool=pool, max_batches=max_batches,
+                                      layers=layers, pool=mean_over_tokens if pool is None
+                                      else pool, max_batches=max_batches,
                                       full_covariance=full_covariance)
         self.tracker = Tracker(self.options, Schedule(epochs, num_measurements),
                                run_dir=run_dir, config=config, snapshot_size=snapshot_size)
