@@ -6,8 +6,9 @@ ridge λ ≥ 0 the loss is
     L = ½·mean_i ‖W h_i + b − e_{y_i}‖² + λ/2·(‖W‖_F² + ‖b‖²).
 
 With W̃ = [W, b] and x_i = [h_i; 1] it is a ridge regression in W̃, minimised by the
-least-squares classifier W̃_LS = [W_LS, b_LS] of ``../shared/nc-math.md``; the exact identity
-L = L_NC1 + L_NC2/3 + L_LS⊥ follows (see docs/theory/central-path.md for the derivation).
+least-squares classifier W̃_LS = [W_LS, b_LS] (:func:`ncollapse.metrics.least_squares_classifier`);
+the exact identity L = L_NC1 + L_NC2/3 + L_LS⊥ follows (derivation:
+docs/theory/central-path.md).
 The *central path* is W = W_LS(H): on it (λ = 0) the loss equals ½·Σ_j 1/(C + ω_j²), where
 ω_j are the singular values of the signal-to-noise matrix Σ_W^{-1/2} M̃ (M̃ has the centred
 class means as columns), so it is invariant to invertible affine maps of the features.
