@@ -25,7 +25,7 @@ from ncollapse.integrations._common import (
 from ncollapse.metrics import NCMetrics
 from ncollapse.rundir import RunWriter
 
-__all__ = ["Tracker"]
+__all__ = ["Tracked", "Tracker"]
 
 #: How the splits are named for the loggers (nc/<name>/...) and in the run directory.
 RUN_SPLITS = {"train": "train", "val": "test"}
@@ -148,3 +148,19 @@ class Tracker:
                                input_key=o.input_key, label_key=o.label_key)
         return {"features": got.features, "labels": got.labels, "weight": got.weight,
                 "bias": got.bias, "num_classes": int(got.weight.shape[0])}
+
+
+class Tracked:
+    """What the callbacks expose of their :class:`Tracker` (``self.tracker``)."""
+
+    tracker: Tracker
+
+    @property
+    def history(self) -> list[tuple[int, dict[str, NCMetrics]]]:
+        """Every ``(epoch, {split: NCMetrics})`` measured so far."""
+        return self.tracker.history
+
+    @property
+    def layer_history(self) -> list[tuple[int, dict[str, dict[str, NCMetrics]]]]:
+        """Every ``(epoch, {split: {layer: NCMetrics}})`` measured so far (with ``layers=``)."""
+        return self.tracker.layer_history

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ncollapse.integrations._common import Measured, MeasureOptions, Schedule, require
-from ncollapse.integrations._tracker import Tracker
+from ncollapse.integrations._tracker import Tracked, Tracker
 from ncollapse.integrations.tensorboard import add_overview
 from ncollapse.metrics import NCMetrics
 
@@ -41,7 +41,7 @@ except ImportError as _exc:
 __all__ = ["NeuralCollapse"]
 
 
-class NeuralCollapse(_pl.Callback):
+class NeuralCollapse(Tracked, _pl.Callback):
     """Measure neural collapse at the end of chosen training epochs and log it.
 
     Args:
@@ -97,14 +97,6 @@ class NeuralCollapse(_pl.Callback):
         self.val_dataloader = val_dataloader
         self.loss_key = loss_key
         self.last: dict[str, NCMetrics] = {}
-
-    @property
-    def history(self) -> list[tuple[int, dict[str, NCMetrics]]]:
-        return self.tracker.history
-
-    @property
-    def layer_history(self) -> list[tuple[int, dict[str, dict[str, NCMetrics]]]]:
-        return self.tracker.layer_history
 
     # ------------------------------------------------------------------ hooks
 

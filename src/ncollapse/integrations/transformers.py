@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ncollapse.integrations._common import MeasureOptions, Schedule, require
-from ncollapse.integrations._tracker import Tracker
+from ncollapse.integrations._tracker import Tracked, Tracker
 from ncollapse.metrics import NCMetrics
 
 _tf = require("transformers", "transformers", "ncollapse.integrations.transformers")
@@ -55,7 +55,7 @@ def mean_over_tokens(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.mean(dim=1) if hidden.ndim == 3 else hidden.flatten(1)
 
 
-class NeuralCollapseCallback(_tf.TrainerCallback):
+class NeuralCollapseCallback(Tracked, _tf.TrainerCallback):
     """Measure neural collapse at the end of chosen epochs of a ``transformers.Trainer``.
 
     Args:
@@ -98,14 +98,6 @@ class NeuralCollapseCallback(_tf.TrainerCallback):
         self.tracker = Tracker(self.options, Schedule(epochs, num_measurements),
                                run_dir=run_dir, config=config, snapshot_size=snapshot_size)
         self.last: dict[str, NCMetrics] = {}
-
-    @property
-    def history(self) -> list[tuple[int, dict[str, NCMetrics]]]:
-        return self.tracker.history
-
-    @property
-    def layer_history(self) -> list[tuple[int, dict[str, dict[str, NCMetrics]]]]:
-        return self.tracker.layer_history
 
     # ------------------------------------------------------------------ events
 
