@@ -207,5 +207,5 @@ def test_clear_errors() -> None:
         collect_features(model, _loader(x, y), classifier="2")
     with pytest.raises(ValueError, match="no batches"):
         collect_features(model, [])
-    with pytest.raises(TypeError, match="integer class indices"):
-        collect_features(model, [(x, y.float())])
+    with pytest.raises(ValueError, match="labels must be integral"):
+        collect_features(model, [(x, y.float() + 0.5)])

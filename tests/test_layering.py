@@ -5,7 +5,7 @@ Layers, top to bottom; a module may import from its own layer or below, never ab
 5. cli, commands/*                       parse arguments, print; nothing imports them
 4. demo, report, animation, plots, theory/figures, integrations   read runs and results
 3. training (loop, tracking, checkpoints, sweep), lm
-2. collect (hooks on any nn.Module), rundir (the run-directory format), runs, the package root
+2. collect (hooks on any nn.Module), rundir (the run-directory format), the package root
 1. metrics/, theory/ solvers
 0. geometry, validation, io, keys, config, data, models, losses, distributed
 
@@ -43,7 +43,6 @@ LAYERS: dict[str, int] = {
     "ncollapse.lm": 3,
     "ncollapse.collect": 2,
     "ncollapse.rundir": 2,
-    "ncollapse.runs": 2,  # the older reader's name, re-exporting rundir
     "ncollapse": 2,  # the package root re-exports collect_features, measure_model, measure
     "ncollapse.metrics": 1,
     "ncollapse.theory": 1,
@@ -210,7 +209,7 @@ def test_a_clean_module_passes() -> None:
     ("ncollapse.io", "from ncollapse import __version__, measure\n", "imports ncollapse:"),
     ("ncollapse.collect", "import importlib\nimportlib.import_module('ncollapse.demo')\n",
      "imports ncollapse.demo"),
-    ("ncollapse.models", "if TYPE_CHECKING:\n    from ncollapse.runs import Run\n",
+    ("ncollapse.models", "if TYPE_CHECKING:\n    from ncollapse.rundir import Run\n",
      "is above layer 0"),
     ("ncollapse.brand_new", "import numpy\n", "not in the layer table"),
     ("ncollapse.plots", "from ncollapse.nowhere import x\n", "not in the layer table"),

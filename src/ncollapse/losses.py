@@ -5,8 +5,8 @@ Formulas (z = logits, y = target class, p = softmax(z), e_y = one-hot vector, C 
 - ``ce``: −log p_y (accurate to the last digit also when p_y → 1, see :class:`CrossEntropy`).
 - ``mse``: ½‖z − k·e_y‖², summed over the C classes (not averaged over them as
   ``nn.MSELoss`` does), k = ``mse_scale``. With k = 1 the batch mean is the
-  ½·mean_i‖Wh_i + b − e_{y_i}‖² of [Han22] (``shared/nc-math.md``), whose decomposition
-  ``ncollapse.theory.central_path.mse_decomposition`` computes.
+  ½·mean_i‖Wh_i + b − e_{y_i}‖² of [Han22] (docs/metrics.md), whose decomposition
+  ``ncollapse.metrics.mse_decomposition`` computes.
 - ``label-smoothing``: cross-entropy against q = (1 − ε)·e_y + ε/C (ε = ``label_smoothing``,
   the convention of ``torch.nn.functional.cross_entropy``): −Σ_c q_c log p_c.
 - ``focal`` (Lin et al., ICCV 2017, without the α weighting): −(1 − p_y)^γ·log p_y,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ncollapse.geometry import canonical_etf, etf_distance, procrustes
-from ncollapse.metrics import measure
+from ncollapse.metrics import class_means, measure
 from ncollapse.rundir import Run, load_run, load_snapshot
 
 __all__ = ["CLASS_COLOURS", "Frame", "choose_classes", "project_frame", "reference_etf",
@@ -213,7 +213,7 @@ def ufm_frames(records: Sequence[Mapping[str, Any]], *, classes: int | None = No
         feats = np.asarray(rec["features"], dtype=np.float64)
         labels = np.asarray(rec["labels"]).astype(np.int64)
         num_classes = int(labels.max()) + 1
-        means = np.stack([feats[labels == c].mean(axis=0) for c in range(num_classes)])
+        means = class_means(feats, labels, num_classes)[0]
         if ids is None:
             ids = choose_classes(num_classes, feats.shape[1], classes, class_ids)
         try:

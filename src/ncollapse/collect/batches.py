@@ -11,7 +11,7 @@ from torch import nn
 
 from ncollapse.keys import INPUT_KEYS, LABEL_KEYS, pick_key
 
-__all__ = ["POOLS", "Pool", "call_model", "eval_mode", "labels_tensor", "model_device",
+__all__ = ["POOLS", "Pool", "call_model", "eval_mode", "model_device",
            "pool_features", "split_batch", "to_device"]
 
 #: How a layer's output (n, ...) becomes one feature vector per sample: "flatten" keeps every
@@ -52,17 +52,6 @@ def call_model(model: nn.Module, x: Any) -> Any:
     if isinstance(x, (tuple, list)):
         return model(*x)
     return model(x)
-
-
-def labels_tensor(y: Any, n: int) -> torch.Tensor:
-    """The labels of a batch as an int64 CPU tensor of shape (n,), or a clear error."""
-    y = torch.as_tensor(y).detach().cpu()
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"batch labels must have shape ({n},) matching the features, "
-                         f"got {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
-    return y.long()
 
 
 def model_device(model: nn.Module) -> torch.device:

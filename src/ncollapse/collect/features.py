@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ncollapse.collect.batches import Pool, model_device
+from ncollapse.collect.batches import Pool
 from ncollapse.collect.modules import LayerSpec
-from ncollapse.collect.tap import CLASSIFIER_INPUT, LayerTap
+from ncollapse.collect.tap import open_tap
 from ncollapse.metrics import NCMetrics, measure
 
 __all__ = ["CollectedFeatures", "collect_features"]
@@ -40,16 +40,6 @@ class CollectedFeatures:
                        logits=self.logits, **kwargs)
 
 
-def _layer_list(layer: LayerSpec | None, layers: Sequence[LayerSpec] | LayerSpec | None
-                ) -> tuple[list[Any], bool]:
-    """The tap's layer list and whether the caller asked for several (a dict comes back)."""
-    if layer is not None and layers is not None:
-        raise ValueError("give either layer= (one layer) or layers= (several), not both")
-    if layers is not None:
-        return (list(layers) if isinstance(layers, (list, tuple)) else [layers]), True
-    return ([CLASSIFIER_INPUT] if layer is None else [layer]), False
-
-
 def collect_features(model: nn.Module, loader: Iterable[Any], *,
                      layer: LayerSpec | None = None,
                      layers: Sequence[LayerSpec] | LayerSpec | None = None,
@@ -74,12 +64,9 @@ def collect_features(model: nn.Module, loader: Iterable[Any], *,
     module's mode and hooks are restored afterwards. Inputs go to ``device`` (default: where
     the parameters are; the model is not moved). Results are on the CPU.
     """
-    specs, several = _layer_list(layer, layers)
-    use = use if use is not None else ("output" if several else "input")
-    dev = model_device(model) if device is None else torch.device(device)
-    tap = LayerTap(model, specs, classifier=classifier, use=use, pool=pool, device=dev,
-                   max_batches=max_batches, progress=progress, input_key=input_key,
-                   label_key=label_key)
+    tap, several = open_tap(model, layer, layers, classifier=classifier, use=use, pool=pool,
+                            device=device, max_batches=max_batches, progress=progress,
+                            input_key=input_key, label_key=label_key)
     feats: dict[str, list[torch.Tensor]] = {}
     labels, logits = [], []
     batches = tap.batches(loader, "collect features")

@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ncollapse.collect.batches import Pool, model_device
-from ncollapse.collect.features import _layer_list
+from ncollapse import validation as V
+from ncollapse.collect.batches import Pool
 from ncollapse.collect.modules import LayerSpec
-from ncollapse.collect.tap import LayerTap
+from ncollapse.collect.tap import LayerTap, open_tap
 from ncollapse.metrics import NCAccumulator, NCMetrics, class_means
 
 __all__ = ["DEFAULT_CACHE_BYTES", "measure_model", "training_means"]
@@ -146,12 +146,10 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
     if two_pass not in (True, False, "auto"):
         raise ValueError(f"two_pass must be True, False or 'auto', got {two_pass!r}")
     limit = _cache_limit(cache)
-    specs, several = _layer_list(layer, layers)
-    use = use if use is not None else ("output" if several else "input")
-    dev = model_device(model) if device is None else torch.device(device)
-    tap = LayerTap(model, specs, classifier=classifier, use=use, pool=pool, device=dev,
-                   max_batches=max_batches, progress=progress, input_key=input_key,
-                   label_key=label_key)
+    tap, several = open_tap(model, layer, layers, classifier=classifier, use=use, pool=pool,
+                            device=device, max_batches=max_batches, progress=progress,
+                            input_key=input_key, label_key=label_key)
+    dev = tap.device
     accs = _Layers(tap, num_classes=num_classes, full_covariance=full_covariance,
                    per_class=per_class, ncc_means=ncc_means)
 
@@ -214,12 +212,10 @@ def training_means(model: nn.Module, loader: Iterable[Any], *,
     against the training means. Every class must have samples in ``loader``; under
     torch.distributed each rank passes its shard and every rank gets the means of all.
     """
-    specs, several = _layer_list(layer, layers)
-    use = use if use is not None else ("output" if several else "input")
-    dev = model_device(model) if device is None else torch.device(device)
-    tap = LayerTap(model, specs, classifier=classifier, use=use, pool=pool, device=dev,
-                   max_batches=max_batches, progress=progress, input_key=input_key,
-                   label_key=label_key)
+    tap, several = open_tap(model, layer, layers, classifier=classifier, use=use, pool=pool,
+                            device=device, max_batches=max_batches, progress=progress,
+                            input_key=input_key, label_key=label_key)
+    dev = tap.device
     sums: dict[str, torch.Tensor] = {}
     counts: torch.Tensor | None = None
     c = num_classes
@@ -230,9 +226,7 @@ def training_means(model: nn.Module, loader: Iterable[Any], *,
                 if tap.classifier is None:
                     raise ValueError("without a classifier, pass num_classes=C")
                 c = int(tap.classifier.weight.shape[0])
-            if int(y.min()) < 0 or int(y.max()) >= c:
-                raise ValueError(f"labels must lie in [0, {c}), got [{int(y.min())}, "
-                                 f"{int(y.max())}]")
+            V.check_label_range(y, c)
             n_b = torch.bincount(y, minlength=c).to(torch.float64)
             counts = n_b if counts is None else counts + n_b
             for name, f in feats.items():

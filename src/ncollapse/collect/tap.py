@@ -10,19 +10,20 @@ classifier's input on that batch). Every later pass reuses that plan.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ncollapse import validation as V
 from ncollapse.collect.batches import (
     Pool,
     call_model,
     check_pool,
     eval_mode,
-    labels_tensor,
+    model_device,
     pool_features,
     split_batch,
     to_device,
@@ -36,7 +37,7 @@ from ncollapse.collect.modules import (
     select_layers,
 )
 
-__all__ = ["CLASSIFIER_INPUT", "LayerTap"]
+__all__ = ["CLASSIFIER_INPUT", "LayerTap", "open_tap"]
 
 #: Stands for "the classifier's input" in a list of layers (the default single layer).
 CLASSIFIER_INPUT = object()
@@ -214,7 +215,7 @@ class LayerTap:
                     if logits is not None:
                         logits = logits.flatten(1)
                     n = next(iter(feats.values())).shape[0]
-                    labels = labels_tensor(y, n)
+                    labels = V.check_labels(y, n, torch.device("cpu"))
                     if logits is not None and logits.shape[0] != n:
                         raise ValueError(f"classifier output has {logits.shape[0]} rows but the "
                                          f"features have {n}")
@@ -224,3 +225,27 @@ class LayerTap:
                 h.remove()
             if self.progress and hasattr(items, "close"):
                 items.close()  # type: ignore[union-attr]
+
+
+def open_tap(model: nn.Module, layer: LayerSpec | None,
+             layers: Sequence[LayerSpec] | LayerSpec | None, *,
+             classifier: nn.Module | str | bool | None, use: str | None, pool: Pool,
+             device: torch.device | str | None, max_batches: int | None = None,
+             progress: bool = False, input_key: str | None = None,
+             label_key: str | None = None) -> tuple[LayerTap, bool]:
+    """The tap for the public functions' arguments, and whether several layers were asked for
+    (``layers=``: a dict comes back). ``use`` defaults to "input" for one layer (the
+    classifier's input by default) and "output" for several; ``device`` to the model's."""
+    if layer is not None and layers is not None:
+        raise ValueError("give either layer= (one layer) or layers= (several), not both")
+    several = layers is not None
+    if several:
+        specs = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    else:
+        specs = [CLASSIFIER_INPUT] if layer is None else [layer]
+    use = use if use is not None else ("output" if several else "input")
+    dev = model_device(model) if device is None else torch.device(device)
+    tap = LayerTap(model, specs, classifier=classifier, use=use, pool=pool, device=dev,
+                   max_batches=max_batches, progress=progress, input_key=input_key,
+                   label_key=label_key)
+    return tap, several
