@@ -82,7 +82,7 @@ class LayerTap:
             check_classifier(self.classifier)
             self.classifier_name = module_name(model, self.classifier)
         self._find_classifier = classifier is None
-        self._default_layer = layers == [CLASSIFIER_INPUT]
+        self._default_layer = len(layers) == 1 and layers[0] is CLASSIFIER_INPUT
         if self._default_layer:
             if classifier is False:
                 raise ValueError("with classifier=False, name the layer(s) to measure")
