@@ -121,3 +121,17 @@ def test_one_shot_uses_tiles_by_default_at_large_class_counts(monkeypatch):
     with pytest.warns(UserWarning, match="smaller than C - 1"):
         measure(h, y, weight=w, bias=b)
     assert max(biggest) <= max(pairwise.DEFAULT_TILE ** 2, kernels._SCORE_ELEMS)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-9), (np.float32, 1e-6)])
+def test_nc1_from_scatter_equals_nc1_from_projections(dtype, rtol):
+    """k = C - 1 > 0.6 d: NC1 from the blocked sum of x x^T; per_class=True keeps per-row
+    projections (per-class NC1 terms). Same numbers, same decisions."""
+    h, y, w, b = synthetic(3000, 32, 30, 0.4, imbalanced=True, offset=100.0, seed=6, dtype=dtype)
+    fast = measure(h, y, weight=w, bias=b)
+    rows = measure(h, y, weight=w, bias=b, per_class=True)
+    assert rows.per_class is not None and fast.per_class is None
+    assert fast.nc1 == pytest.approx(rows.nc1, rel=rtol)
+    for key, val in rows.to_dict().items():
+        assert fast.to_dict()[key] == (val if val is None else pytest.approx(val, rel=rtol)), key
+    assert_matches(fast.to_dict(), reference_metrics(h, y, w, b), rtol)

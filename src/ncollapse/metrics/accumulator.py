@@ -245,8 +245,10 @@ class NCAccumulator:
     def _freeze(self) -> None:
         assert self._ct is not None and self.num_classes is not None and self.dim is not None
         self._tables = build_pass2(self._mean_stats(), self.num_classes, self._ct, self._ncc,
-                                   self._tol(self.dim))
-        self._state2 = S.new_state(list(S.PASS2), {"C": self.num_classes, "d": self.dim},
+                                   self._tol(self.dim), scatter_ok=not self.per_class)
+        self._specs2 = S.enabled(S.PASS2, {"projections": not self._tables.scatter,
+                                           "scatter": self._tables.scatter})
+        self._state2 = S.new_state(self._specs2, {"C": self.num_classes, "d": self.dim},
                                    self.device)
 
     def _mean_stats(self) -> MeanStats:
@@ -307,8 +309,16 @@ class NCAccumulator:
                 )
             cnt = s1["counts"].to(_F64)
             ss = (s2["ss"] - cnt * tab.ss_corr)[st.sel]
-            nc1_terms = (s2["nc1"] - cnt * tab.nc1_corr)[st.sel]
-            out.nc1 = float(nc1_terms.sum() / st.total)
+            if tab.scatter:  # sum_j v_j^T (sum x x^T) v_j / s_j^2, then the e_y correction
+                sx = torch.triu(s2["scatter"])
+                sx = sx + torch.triu(sx, 1).T
+                v = tab.v64
+                quad = ((sx @ v) * v).sum(0)
+                out.nc1 = float(((quad / tab.s**2).sum() - (cnt * tab.nc1_corr).sum())
+                                / st.total)
+            else:
+                nc1_terms = (s2["nc1"] - cnt * tab.nc1_corr)[st.sel]
+                out.nc1 = float(nc1_terms.sum() / st.total)
             out.ncc_error = float(s2["ncc_wrong"].to(_F64) / st.total)
             if int(s2["compared"]) == st.total:
                 out.ncc_mismatch = float(s2["mismatch"].to(_F64) / st.total)
@@ -406,7 +416,7 @@ class NCAccumulator:
                 raise ValueError("cannot merge pass-2 accumulators whose frozen means differ; "
                                  "merge (or sync) the pass-1 states before begin_second_pass()")
             src = {k: v.to(self.device) for k, v in other._state2.items()}
-            S.merge_state(self._state2, src, list(S.PASS2))
+            S.merge_state(self._state2, src, self._specs2)
         self._synced = False
 
     def sync(self) -> None:
@@ -424,7 +434,7 @@ class NCAccumulator:
         if self.phase == 1:
             S.sync_state(self._state, self._specs1)
         else:
-            S.sync_state(self._state2, list(S.PASS2))
+            S.sync_state(self._state2, self._specs2)
         self._synced = True
 
     # ------------------------------------------------------------------ persistence
@@ -463,7 +473,7 @@ class NCAccumulator:
         if int(sd["phase"]) == 2:
             self._freeze()
             self.phase = 2
-            self._state2 = S.check_state(sd["pass2"], list(S.PASS2), {"C": c, "d": d}, dev)
+            self._state2 = S.check_state(sd["pass2"], self._specs2, {"C": c, "d": d}, dev)
 
 
 def _describe(fp: torch.Tensor | None) -> str:

@@ -60,7 +60,8 @@ PASS1: tuple[Spec, ...] = (
 PASS2: tuple[Spec, ...] = (
     Spec("counts", ("C",), _I64, "sum"),
     Spec("ss", ("C",), _F64, "sum"),  # per class: sum of ||h - a_y||^2 (anchor a = rounded mean)
-    Spec("nc1", ("C",), _F64, "sum"),  # per class: sum of ||S^-1 V^T (h - a_y)||^2
+    Spec("nc1", ("C",), _F64, "sum", when="projections"),  # per class: ||S^-1 V^T x||^2
+    Spec("scatter", ("d", "d"), _F64, "sum", when="scatter"),  # sum x x^T (upper blocks)
     Spec("ncc_wrong", (), _I64, "sum"),  # nearest class centre != label
     Spec("mismatch", (), _I64, "sum"),
     Spec("compared", (), _I64, "sum"),

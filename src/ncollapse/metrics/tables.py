@@ -120,6 +120,9 @@ class Pass2Tables:
     q_max: float
     tol: float
     mt_m2: torch.Tensor | None = None  # -2 M~^T (or -2 (nu - g)^T), float64, built on first use
+    scatter: bool = False  # NC1 from sum x x^T (k close to d) instead of per-row projections
+    v_t: torch.Tensor | None = None  # (d, k) compute dtype V, for the rows needing projections
+    v64: torch.Tensor | None = None  # (d, k) float64 V
     # given centres nu (ncc_means)
     nu_t: torch.Tensor | None = None  # (d, C) compute dtype: -2 (nu - g)^T
     nu_q: torch.Tensor | None = None  # (C,) compute dtype: ||nu_c - g||^2
@@ -128,9 +131,15 @@ class Pass2Tables:
 
 
 def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
-                ncc_means: torch.Tensor | None, tol: float) -> Pass2Tables:
+                ncc_means: torch.Tensor | None, tol: float, scatter_ok: bool = True
+                ) -> Pass2Tables:
     """The frozen tables for pass 2 from the pass-1 means (see ``Pass2Tables``); ``tol`` is
-    the relative rounding bound of the decisions (0: no float64 re-check)."""
+    the relative rounding bound of the decisions (0: no float64 re-check).
+
+    When k > 0.6 d (and ``scatter_ok``), NC1 comes from the d x d sum of x x^T, built from
+    upper blocks (about 0.6 N d^2 multiply-adds instead of N d k for the projections), and the
+    nearest-centre test uses ||x|| >= ||V^T x||: projections only for the rows it leaves open.
+    """
     dev, c = stats.mt.device, num_classes
     d = stats.mt.shape[1]
     v, s, s_drop = spectrum(stats.mt)
@@ -151,15 +160,17 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
         ss_corr=torch.linalg.vecdot(e, e), g=g,
         ag_norm=(torch.linalg.vector_norm(anchor.to(_F64) - g64, dim=1) * (1 + 1e-5)).to(ct),
         radius=None, a_table=None, su_t=None, q=None,
-        q64=None, su_max=0.0, q_max=0.0, tol=tol)
+        q64=None, su_max=0.0, q_max=0.0, tol=tol,
+        scatter=scatter_ok and v.shape[1] > 0.6 * d)
+    tab.v_t, tab.v64 = tab.vt.T, v
     if ncc_means is None:
+        su = stats.mt @ v  # (cp, k)
         rho = stats.pairs.nearest_sq.sqrt()
         radius = torch.zeros(c, dtype=_F64, device=dev)
         radius[stats.sel] = 0.5 * (1 - 1e-3) * rho - 2.0 * s_drop - ev[stats.sel].norm(dim=1)
-        su = stats.mt @ v  # (cp, k)
         tab.radius = radius.to(ct)
         tab.a_table = torch.zeros(c, v.shape[1], dtype=ct, device=dev)
-        tab.a_table[stats.sel] = ((stats.mt - e[stats.sel] + (stats.mu_g - g64)) @ v).to(ct)
+        tab.a_table[stats.sel] = (su - ev[stats.sel] + (stats.mu_g - g64) @ v).to(ct)
         tab.su_t = (-2.0 * su).to(ct).contiguous().T
         dg = stats.mt + (stats.mu_g - g64)
         tab.q = (dg * dg).sum(1).to(ct)

@@ -154,7 +154,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
     if use_w:
         beta64 = clf.offsets(tab.g.to(_F64))
         beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
-    nc1 = torch.zeros_like(st["nc1"])
+    nc1 = None if tab.scatter else torch.zeros_like(st["nc1"])
     ss = torch.zeros_like(st["ss"])
     wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
                                 for _ in range(3))
@@ -162,10 +162,14 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         hc, yc = h[i:i + step], y[i:i + step]
         x = gather_sub(hc, tab.anchor, yc)
         xn = torch.linalg.vector_norm(x, dim=1)
-        proj = x @ tab.vt.T
-        nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
-        ss.index_add_(0, yc, xn.to(_F64).square_())
-        ncc = _ncc(tab, hc, yc, proj, xn, tile)
+        ss.index_add_(0, yc, torch.square(xn.to(_F64)))  # a new tensor: xn is used below
+        if tab.scatter:
+            _add_scatter(st["scatter"], x)
+            proj = None
+        else:
+            proj = x @ tab.v_t
+            nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
+        ncc = _ncc(tab, hc, yc, x, proj, xn, tile)
         wrong += (ncc != yc).sum()
         if not classify_on:
             continue
@@ -176,9 +180,10 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
             pred = lg[i:i + step].argmax(1)
         mismatch += (pred != ncc).sum()
         correct += (pred == yc).sum()
-    if not bool(torch.isfinite(nc1).all()) or not bool(torch.isfinite(ss).all()):
+    if not bool(torch.isfinite(ss).all()):
         V.report_nonfinite(h, "features")
-    st["nc1"] += nc1
+    if nc1 is not None:
+        st["nc1"] += nc1
     st["ss"] += ss
     st["counts"] += counts
     st["ncc_wrong"] += wrong
@@ -189,9 +194,22 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         st["decided"] += n
 
 
-def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tensor,
-         xn: torch.Tensor, tile: int | None) -> torch.Tensor:
-    """Nearest-class-centre decisions (class ids) of a chunk, exact."""
+def _add_scatter(acc: torch.Tensor, x: torch.Tensor, blocks: int = 4) -> None:
+    """acc += x^T x on the upper blocks of a ``blocks`` x ``blocks`` partition (float64 acc)."""
+    d = x.shape[1]
+    edges = [d * b // blocks for b in range(blocks + 1)]
+    for bi in range(blocks):
+        a0, a1 = edges[bi], edges[bi + 1]
+        xa = x[:, a0:a1].T
+        for bj in range(bi, blocks):
+            b0, b1 = edges[bj], edges[bj + 1]
+            acc[a0:a1, b0:b1] += xa @ x[:, b0:b1]
+
+
+def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
+         proj: torch.Tensor | None, xn: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """Nearest-class-centre decisions (class ids) of a chunk, exact. ``proj`` = x V, or None
+    (then ||x||, an upper bound of ||x V||, screens the rows and only the others project)."""
     if tab.nu_t is not None:
         g64 = tab.g.to(_F64)  # given centres: scores ||nu_c - g||^2 - 2 (h - g).(nu_c - g)
         z = hc - tab.g
@@ -206,11 +224,12 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, proj: torch.Tenso
                             class_tile(z.shape[0], tab.nu_t.shape[1], tile), scale, tab.tol,
                             exact_nu)
     pred = yc.clone()
-    pn = torch.linalg.vector_norm(proj, dim=1)
+    pn = xn if proj is None else torch.linalg.vector_norm(proj, dim=1)
     unc = torch.nonzero(pn >= torch.index_select(tab.radius, 0, yc)).flatten()
     if unc.numel():
         hu, yu = hc[unc], yc[unc]
-        t = proj[unc] + torch.index_select(tab.a_table, 0, yu)
+        pu = x[unc] @ tab.v_t if proj is None else proj[unc]
+        t = pu + torch.index_select(tab.a_table, 0, yu)
         scale = (tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
                  + 2.0 * tab.s_drop * xn[unc] / max(tab.tol, 1e-300))
 
