@@ -83,7 +83,7 @@ def test_run_directory_format(tiny_run):
     for name in ("config.toml", "status.json", "metrics.jsonl", "metrics.csv", "epochs.jsonl",
                  "checkpoints/last.pt"):
         assert (out / name).is_file(), name
-    assert load_config(path=out / "config.toml") == cfg
+    assert load_config(path=out / "config.toml") == cfg.resolved()
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["epoch"] == cfg.epochs
     assert status["epochs"] == cfg.epochs and status["message"] is None
