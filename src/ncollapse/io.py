@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 PathLike = str | os.PathLike
 
 
@@ -98,13 +96,17 @@ def atomic_savefig(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file, then rename over ``path``."""
+    import torch  # here, not at the top: `ncollapse --help` and the readers need no torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: PathLike, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: PathLike, map_location: Any = "cpu") -> Any:
     """Load a ``.pt`` file holding only tensors and plain containers (``weights_only=True``)."""
+    import torch  # here, not at the top: `ncollapse --help` and the readers need no torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
