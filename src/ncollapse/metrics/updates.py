@@ -195,15 +195,12 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
 
 
 def _add_scatter(acc: torch.Tensor, x: torch.Tensor, blocks: int = 4) -> None:
-    """acc += x^T x on the upper blocks of a ``blocks`` x ``blocks`` partition (float64 acc)."""
+    """acc += x^T x on and above the diagonal blocks of a ``blocks`` x ``blocks`` partition
+    (one product per block row; float64 accumulator; the rest is the mirror image)."""
     d = x.shape[1]
-    edges = [d * b // blocks for b in range(blocks + 1)]
     for bi in range(blocks):
-        a0, a1 = edges[bi], edges[bi + 1]
-        xa = x[:, a0:a1].T
-        for bj in range(bi, blocks):
-            b0, b1 = edges[bj], edges[bj + 1]
-            acc[a0:a1, b0:b1] += xa @ x[:, b0:b1]
+        a0, a1 = d * bi // blocks, d * (bi + 1) // blocks
+        acc[a0:a1, a0:] += x[:, a0:a1].T @ x[:, a0:]
 
 
 def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
