@@ -15,7 +15,13 @@ from torch import nn
 from ncollapse import distributed as D
 from ncollapse.collect import measure_model
 from ncollapse.config import TrainConfig
-from ncollapse.metrics import NCAccumulator, class_means, measure, mse_decomposition
+from ncollapse.metrics import (
+    NCAccumulator,
+    NCMetrics,
+    class_means,
+    measure,
+    mse_decomposition,
+)
 
 __all__ = ["Evaluation", "TrainingDiverged", "evaluate", "layer_metrics", "mse_terms",
            "snapshot_of"]
@@ -65,8 +71,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInf
     bad = torch.tensor([_count_nonfinite([f, z])], dtype=torch.float64, device=x.device)
     if float(D.all_reduce_sum(bad, info)[0]) > 0:  # every rank agrees, so none waits alone
         raise TrainingDiverged("the features or logits became NaN/Inf")
-    result.metrics = _nc_metrics(model, f, z, labels_all, num_classes, info,
-                                 ncc_means=ncc_means)
+    try:
+        result.metrics = _nc_metrics(model, f, z, labels_all, num_classes, info,
+                                     ncc_means=ncc_means)
+    except ValueError as exc:
+        # The features are finite (checked above), so this is geometry the metrics cannot
+        # define (e.g. every feature 0 after dead ReLUs): recorded as undefined (null), and the
+        # training goes on, with a warning saying why.
+        warnings.warn(f"NC metrics not defined at this measurement ({exc}); recorded as null",
+                      stacklevel=2)
+        result.metrics = {**dict.fromkeys(NCMetrics.field_names()), "num_classes": num_classes,
+                          "num_samples": int(labels_all.numel()), "dim": int(f.shape[1])}
     if means:
         result.means, result.global_mean = _class_means(f, labels_all, num_classes, info)
     result.features, result.labels = f, labels_all
