@@ -148,7 +148,11 @@ class RunWriter:
         self._opened = True
         self._t0 = self._last_flush = time.perf_counter()
         if not self.resume:
-            self.flush("running")
+            try:
+                self.flush("running")
+            except BaseException:  # e.g. no space left: the lock is not kept by a dead writer
+                self._lock.release()
+                raise
         return self
 
     def close(self, state: str = "finished", message: str | None = None,
