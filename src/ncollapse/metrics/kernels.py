@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["class_means", "compute_dtype", "chunk_rows", "gather_sub", "spectrum",
-           "tiled_best", "checked_best", "decision_tol", "dist_active", "class_tile"]
+           "tiled_best", "checked_best", "checked_scores", "decision_tol", "dist_active",
+           "class_tile"]
 
 _F64 = torch.float64
 _CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
@@ -156,6 +157,28 @@ def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
         idx = torch.where(win, ind[:, 0] + c0, idx)
         best = torch.where(win, t1, best)
     return idx, best, second
+
+
+def checked_scores(vals: torch.Tensor, largest: bool, scale: torch.Tensor, tol: float,
+                   exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor | None]],
+                   tile: int) -> torch.Tensor:
+    """Best column of precomputed scores per row, rows within ``tol * scale`` of a tie decided
+    again from ``exact`` as in ``checked_best``."""
+    if vals.shape[1] == 1:
+        return torch.zeros(vals.shape[0], dtype=torch.int64, device=vals.device)
+    top, ind = vals.topk(2, dim=1, largest=largest, sorted=True)
+    idx = ind[:, 0].clone()
+    if tol <= 0:
+        return idx
+    amb = torch.nonzero((top[:, 0] - top[:, 1]).abs_() <= tol * scale).flatten()
+    if amb.numel():
+        z64, mat64, off64 = exact(amb)
+        rows = max(1, _SCORE_ELEMS // max(1, mat64.shape[1]))
+        for r0 in range(0, amb.numel(), rows):
+            sub = slice(r0, r0 + rows)
+            idx[amb[sub]] = tiled_best(z64[sub], mat64, off64, largest, tile)[0]
+    return idx
 
 
 def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,

@@ -41,6 +41,11 @@ class Classifier:
         t = self.weight @ g
         return t if self.bias is None else t + self.bias
 
+    def offsets_at(self, points: torch.Tensor) -> torch.Tensor:
+        """(n, C) float64: row i is W p_i + b for the rows p_i of ``points`` (float64)."""
+        t = points @ self.weight.T
+        return t if self.bias is None else t + self.bias
+
     def pair_stats(self, sel: torch.Tensor | slice, tile: int) -> PairStats:
         """Pairwise statistics of the rows ``sel`` (cached per selection)."""
         key = b"all" if isinstance(sel, slice) else sel.cpu().numpy().tobytes()
@@ -123,6 +128,7 @@ class Pass2Tables:
     scatter: bool = False  # NC1 from sum x x^T (k close to d) instead of per-row projections
     v_t: torch.Tensor | None = None  # (d, k) compute dtype V, for the rows needing projections
     v64: torch.Tensor | None = None  # (d, k) float64 V
+    fused: object | None = None  # updates._Fused, built on first use (few classes)
     # given centres nu (ncc_means)
     nu_t: torch.Tensor | None = None  # (d, C) compute dtype: -2 (nu - g)^T
     nu_q: torch.Tensor | None = None  # (C,) compute dtype: ||nu_c - g||^2

@@ -8,10 +8,19 @@ sums of squares, and the nearest-centre and classifier decisions (over class til
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ncollapse import validation as V
-from ncollapse.metrics.kernels import bulk_rows, checked_best, chunk_rows, class_tile, gather_sub
+from ncollapse.metrics.kernels import (
+    bulk_rows,
+    checked_best,
+    checked_scores,
+    chunk_rows,
+    class_tile,
+    gather_sub,
+)
 from ncollapse.metrics.tables import Classifier, Pass2Tables
 
 __all__ = ["update_pass1", "update_pass2", "update_ood", "classify"]
@@ -148,12 +157,13 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
     cp = tab.stats.cp
     width = tab.vt.shape[0] + (cp if use_w else 0)
     step = chunk_rows(d, width)
-    if width < 64:
-        step = bulk_rows(d, step, n)
+    if width < 64:  # narrow products (few classes): few, large operations (16 MiB of rows)
+        step = max(step, min(n, (1 << 22) // max(1, d)))
     beta = beta_max = None
     if use_w:
         beta64 = clf.offsets(tab.g.to(_F64))
         beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
+    fused = _fused(tab, clf, h.dtype) if use_w else None
     nc1 = None if tab.scatter else torch.zeros_like(st["nc1"])
     ss = torch.zeros_like(st["ss"])
     wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
@@ -163,17 +173,20 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         x = gather_sub(hc, tab.anchor, yc)
         xn = torch.linalg.vector_norm(x, dim=1)
         ss.index_add_(0, yc, torch.square(xn.to(_F64)))  # a new tensor: xn is used below
+        prod = None if fused is None else x @ fused.basis  # [V |] W^T in one product
         if tab.scatter:
             _add_scatter(st["scatter"], x)
             proj = None
         else:
-            proj = x @ tab.v_t
+            proj = x @ tab.v_t if prod is None else prod[:, :tab.v_t.shape[1]]
             nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
         ncc = _ncc(tab, hc, yc, x, proj, xn, tile)
         wrong += (ncc != yc).sum()
         if not classify_on:
             continue
-        if use_w:
+        if fused is not None:  # logits = W x + (W a_y + b), the second term from a table
+            pred = _classify_fused(fused, clf, prod, hc, yc, xn, tab.tol)
+        elif use_w:
             pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile,
                             xn + torch.index_select(tab.ag_norm, 0, yc))
         else:
@@ -192,6 +205,41 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         st["correct"] += correct
         st["compared"] += n
         st["decided"] += n
+
+
+@dataclass
+class _Fused:
+    """Few classes (C^2 <= 2^20): one product x [V | W^T] per chunk and a C x C table."""
+
+    basis: torch.Tensor  # (d, k + C) or (d, C) compute dtype
+    table: torch.Tensor  # (C, C): w_c.a_y + b_c - (w_y.a_y + b_y), row y, compute dtype
+    scale: torch.Tensor  # (C,) max_c |table[y, c]|
+    width: int  # C
+
+
+def _fused(tab: Pass2Tables, clf: Classifier, ct: torch.dtype) -> _Fused | None:
+    c = clf.weight.shape[0]
+    if c * c > 1 << 20:
+        return None
+    if tab.fused is None:
+        t64 = clf.offsets_at(tab.anchor.to(_F64))
+        t64 -= t64.diagonal()[:, None].clone()
+        cols = [clf.wt] if tab.scatter else [tab.v_t, clf.wt]
+        tab.fused = _Fused(torch.cat(cols, dim=1).T.contiguous().T, t64.to(ct),
+                           t64.abs().amax(1).to(ct), c)
+    return tab.fused
+
+
+def _classify_fused(f: _Fused, clf: Classifier, prod: torch.Tensor, hc: torch.Tensor,
+                    yc: torch.Tensor, xn: torch.Tensor, tol: float) -> torch.Tensor:
+    vals = prod[:, -f.width:] + torch.index_select(f.table, 0, yc)
+    scale = torch.index_select(f.scale, 0, yc) + clf.wmax * xn
+    bias = clf.offsets(torch.zeros(clf.weight.shape[1], dtype=_F64, device=hc.device))
+
+    def exact(rows: torch.Tensor):
+        return hc[rows].to(_F64), clf.weight.T, bias
+
+    return checked_scores(vals, True, scale, tol, exact, f.width)
 
 
 def _add_scatter(acc: torch.Tensor, x: torch.Tensor, blocks: int = 4) -> None:
