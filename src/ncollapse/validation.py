@@ -6,6 +6,8 @@ Every check raises a ``TypeError`` (wrong kind of object or dtype) or a ``ValueE
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "user_stacklevel",
     "as_float64",
     "as_int_labels",
     "as_tensor",
@@ -210,6 +213,22 @@ def resolve_num_classes(
     return int(labels.max()) + 1
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the calling function that makes the
+    warning point at the first caller outside ncollapse (the user's line), however deep in the
+    library the warning is raised."""
+    frame = sys._getframe(1)  # the function that will call warnings.warn: level 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            _PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def warn_absent_classes(counts: torch.Tensor) -> None:
     """Warn once, with their number (not a list: vocabularies have thousands), about classes
     with no samples (the metrics use the present classes)."""
@@ -220,7 +239,7 @@ def warn_absent_classes(counts: torch.Tensor) -> None:
             f"metrics (measured over the {counts.numel() - absent} present classes; weight rows "
             f"of absent classes are ignored for NC2/NC3)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -232,7 +251,7 @@ def warn_low_dimension(dim: int, num_present: int) -> None:
             f"means cannot form a simplex ETF; NC1 uses the pseudo-inverse of Sigma_B over its "
             f"non-zero spectrum (at most d eigenpairs)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

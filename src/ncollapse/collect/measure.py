@@ -22,6 +22,7 @@ from ncollapse.collect.batches import Pool
 from ncollapse.collect.modules import LayerSpec
 from ncollapse.collect.tap import LayerTap, open_tap
 from ncollapse.metrics import NCAccumulator, NCMetrics, class_means
+from ncollapse.validation import user_stacklevel
 
 __all__ = ["DEFAULT_CACHE_BYTES", "measure_model", "training_means"]
 
@@ -180,7 +181,7 @@ def measure_model(model: nn.Module, loader: Iterable[Any], *,
         if two_pass == "auto":
             warnings.warn("the loader is a one-shot iterator and its features were not "
                           "cached (on this or another rank); NC4 is not measured",
-                          stacklevel=2)
+                          stacklevel=user_stacklevel())
     elif cached is None and one_shot:
         raise ValueError("two_pass=True needs either a cache (cache=True) or a loader that can "
                          "be iterated twice, not a one-shot iterator")

@@ -4,6 +4,8 @@ synthetic example (``--example``)."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 import zipfile
@@ -70,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="number of classes (default: from the weight, else max label + 1)")
     p.add_argument("--json", metavar="PATH", dest="json_path",
                    help="also write the metrics as JSON to PATH ('-': JSON on stdout only)")
+    p.add_argument("--format", choices=("table", "csv"), default="table", dest="out_format",
+                   help="stdout: an aligned table with meanings, or CSV with a header row and "
+                        "one row per measurement (empty cell: not measurable) (default: table)")
     g = p.add_argument_group("built-in example")
     g.add_argument("--example", action="store_true",
                    help="measure Gaussian class clusters around a simplex ETF at several noise "
@@ -161,16 +166,30 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _emit(result: Any, table: str, json_path: str | None) -> None:
+def format_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV with a header row (the keys of the first row) and one line per row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(rows[0]))
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row.values()])
+    return buf.getvalue()
+
+
+def _emit(result: Any, table: str, json_path: str | None, csv_rows: list[dict[str, Any]] | None
+          = None) -> None:
     if json_path == "-":
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    print(table)
+    if csv_rows is not None:
+        sys.stdout.write(format_csv(csv_rows))
+    else:
+        print(table)
     if json_path:
         from ncollapse.io import atomic_write_json
 
         atomic_write_json(json_path, result)
-        print(f"\nwrote {json_path}")
+        print(f"\nwrote {json_path}", file=sys.stderr if csv_rows is not None else sys.stdout)
 
 
 # --------------------------------------------------------------------------- example
@@ -238,7 +257,8 @@ def _run_example(args: argparse.Namespace) -> int:
     ]
     result = {"example": {"classes": c, "dim": d, "per_class": n, "seed": args.seed},
               "rows": rows}
-    _emit(result, "\n".join(lines), args.json_path)
+    _emit(result, "\n".join(lines), args.json_path,
+          rows if args.out_format == "csv" else None)
     return 0
 
 
@@ -263,5 +283,5 @@ def run(args: argparse.Namespace) -> int:
     metrics = measure(features, labels, weight=weight, bias=bias, logits=logits,
                       num_classes=args.num_classes).to_dict()
     table = f"{args.file}\n\n{format_table(metrics)}"
-    _emit(metrics, table, args.json_path)
+    _emit(metrics, table, args.json_path, [metrics] if args.out_format == "csv" else None)
     return 0

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Han & Donoho (2020), with the TPT onset marked; several runs overlay. "
                     "Writes overview.<fmt> and one <panel>.<fmt> per measure.",
     )
-    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories")
+    p.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
+                   help="run directories (one or more)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: RUN_DIR/figures for one run, ./figures "
                         "for several)")
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ncollapse.plots import plot_runs
     from ncollapse.rundir import load_runs
 
-    runs = load_runs(args.run_dirs, args.labels)
+    run_dirs, labels = split_labels(args.run_dirs, args.labels)
+    runs = load_runs(run_dirs, labels)
     out = args.out
     if out is None:
         out = runs[0].path / "figures" if len(runs) == 1 else Path("figures")
@@ -46,3 +48,24 @@ def run(args: argparse.Namespace) -> int:
     paths = plot_runs(runs, out, args.formats, dpi=args.dpi)
     print(f"wrote {len(paths)} files to {out}/ (overview: {paths[0]})")
     return 0
+
+
+def split_labels(run_dirs: list[Path], labels: list[str] | None
+                 ) -> tuple[list[Path], list[str] | None]:
+    """``--label a b RUN1 RUN2``: argparse gives every word after ``--label`` to the labels;
+    there is one label per run, so the second half of the words are the run directories."""
+    labels = list(labels or [])
+    if labels and len(labels) > len(run_dirs):
+        total = len(labels) + len(run_dirs)
+        if total % 2:
+            raise ValueError(f"--label needs one name per run directory; got {total} words "
+                             f"for names and directories together ({' '.join(labels)})")
+        half = total // 2
+        run_dirs = [Path(w) for w in labels[half:]] + list(run_dirs)
+        labels = labels[:half]
+    if not run_dirs:
+        raise ValueError("give at least one RUN_DIR")
+    if labels and len(labels) != len(run_dirs):
+        raise ValueError(f"--label needs one name per run directory: {len(labels)} names for "
+                         f"{len(run_dirs)} runs")
+    return run_dirs, labels or None

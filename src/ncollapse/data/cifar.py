@@ -65,7 +65,8 @@ def _cifar_dir(name: str, root: Path) -> tuple[str, Path]:
         safe_extract_tar(archives[0], root)
     raise FileNotFoundError(
         f"{name}: none of {bin_dir}/, {py_dir}/, {bin_tar}, {py_tar} found in {root}; download "
-        f"the archive from https://www.cs.toronto.edu/~kriz/cifar.html into it or pass root=DIR"
+        f"the archive from https://www.cs.toronto.edu/~kriz/cifar.html into it, or point "
+        f"--root DIR (Python: root=DIR) at the folder that holds it"
     )
 
 

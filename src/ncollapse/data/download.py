@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ncollapse.data.idx import IDX_FILES, find_idx_file, maybe_gunzip, parse_idx
 from ncollapse.data.roots import default_root
 from ncollapse.io import atomic_write_bytes
+from ncollapse.validation import user_stacklevel
 
 __all__ = ["FASHION_MNIST_MIRROR", "IDX_SHA256", "MNIST_MIRROR", "ChecksumError",
            "DownloadError", "download_idx"]
@@ -96,7 +97,7 @@ def download_idx(name: str, root: str | os.PathLike | None = None, *, mirror: st
         if expected is None:
             parse_idx(raw, url)
             warnings.warn(f"{url}: no known SHA-256 to verify against; the file parses as IDX "
-                          f"and its decompressed SHA-256 is {got}", stacklevel=2)
+                          f"and its decompressed SHA-256 is {got}", stacklevel=user_stacklevel())
         elif got != expected:
             raise ChecksumError(
                 f"checksum mismatch for {url}: expected SHA-256 {expected} of the decompressed "

@@ -97,8 +97,10 @@ def load_dataset(name: str, *, split: str = "train", root: str | os.PathLike | N
                            else [str(d) for d in range(10)])
         else:
             if download:
-                raise ValueError(f"download=True is not supported for {name}; download the "
-                                 "archive from https://www.cs.toronto.edu/~kriz/cifar.html")
+                raise ValueError(f"--download (download=True) is not supported for {name}; "
+                                 "download the archive from "
+                                 "https://www.cs.toronto.edu/~kriz/cifar.html and pass --root "
+                                 "DIR (root=DIR)")
             data, class_names = load_cifar(name, splits, root_path)
 
     x, y = data[split]
@@ -133,8 +135,9 @@ def _load_idx(name: str, splits: Sequence[str], root: Path, download: bool,
             path = find_idx_file(root, base)
             if path is None:
                 raise FileNotFoundError(
-                    f"{name}: {base}(.gz) not found in {root}; pass root=DIR with the four IDX "
-                    "files, or download=True"
+                    f"{name}: {base}(.gz) not found in {root}; point --root DIR (Python: "
+                    "root=DIR) at a folder with the four IDX files, or add --download "
+                    "(download=True) to fetch them"
                 )
             arrays.append(read_idx(path))
         images, labels = arrays

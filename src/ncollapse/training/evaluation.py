@@ -22,6 +22,7 @@ from ncollapse.metrics import (
     measure,
     mse_decomposition,
 )
+from ncollapse.validation import user_stacklevel
 
 __all__ = ["Evaluation", "TrainingDiverged", "evaluate", "layer_metrics", "mse_terms",
            "snapshot_of"]
@@ -115,7 +116,7 @@ def mse_terms(ev: Evaluation, model: nn.Module, cfg: TrainConfig, info: D.DistIn
                                 None if bias is None else bias.detach(),
                                 lam=cfg.weight_decay)
     except ValueError as exc:  # e.g. imbalanced classes, which the identity does not cover
-        warnings.warn(f"MSE decomposition not recorded: {exc}", stacklevel=2)
+        warnings.warn(f"MSE decomposition not recorded: {exc}", stacklevel=user_stacklevel())
         return None
     return {k: float(dec[k]) for k in ("loss", "nc1", "nc2_3", "ls_perp")}
 
