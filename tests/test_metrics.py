@@ -322,7 +322,7 @@ def test_benchmark_quick_runs(capsys):
     h, y, w, _ = bench.make_zipf_data(rows[2]["N"], rows[2]["d"], rows[2]["C"], 0.3)
     counts = torch.bincount(y, minlength=rows[2]["C"])
     assert counts.min() >= 1 and counts.max() > 20 * counts.median()  # Zipf, every class
-    assert rows[2]["nc1"] == pytest.approx(measure(h, y, weight=w).nc1, rel=1e-12)
+    assert rows[2]["nc1"] == pytest.approx(measure(h, y, weight=w).nc1, rel=1e-6)  # float32
     assert 0 <= rows[2]["peak_bytes"] < 2**30
 
 
