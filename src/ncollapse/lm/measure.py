@@ -65,7 +65,8 @@ def hidden_batches(model: GPT, ids: np.ndarray, *, batch_windows: int = 64,
 @torch.no_grad()
 def measure_lm(model: GPT, ids: np.ndarray, *, batch_windows: int = 64,
                max_positions: int | None = None, progress: bool = False,
-               desc: str = "measure", spill_dir: str | Path | None = None) -> NCMetrics:
+               desc: str = "measure", spill_dir: str | Path | None = None,
+               ood_ids: np.ndarray | None = None) -> NCMetrics:
     """Neural-collapse metrics of the last hidden state over the positions of ``ids``, with
     the LM head (no bias) as the classifier and the vocabulary as the classes.
 
@@ -73,10 +74,15 @@ def measure_lm(model: GPT, ids: np.ndarray, *, batch_windows: int = 64,
     compares the LM head's decisions (argmax of its logits) with the nearest class mean.
     Without ``spill_dir`` both passes run the model; with it, pass 1 also appends each batch
     of features to a temporary file there and pass 2 reads them back batch by batch (the same
-    numbers, one forward pass fewer; the file is deleted afterwards).
+    numbers, one forward pass fewer; the file is deleted afterwards). ``ood_ids``: a token
+    sequence whose hidden states are the out-of-distribution features of
+    ``ood_orthogonality`` (every position of it, in pass 1).
     """
     weight = model.lm_head.weight.detach().clone()
     acc = NCAccumulator(num_classes=model.cfg.vocab_size)
+    if ood_ids is not None:
+        for h, _ in hidden_batches(model, ood_ids, batch_windows=batch_windows):
+            acc.update_ood(h)
     batches = hidden_batches(model, ids, batch_windows=batch_windows,
                              max_positions=max_positions, progress=progress,
                              desc=f"{desc} pass 1")

@@ -50,6 +50,7 @@ class LMConfig:
     measure_positions: int | None = None  # None: every training position
     measure_batch: int = 64  # windows per measurement batch
     spill: bool = True  # pass 2 reads pass 1's features back from a temporary file
+    ood: bool = True  # validation tokens in a seeded random order as out-of-distribution text
     seed: int = 0
     threads: int | None = None
 
@@ -130,6 +131,7 @@ def run_lm(cfg: LMConfig, out: str | Path, *, progress: bool = True,
         raise ValueError(f"corpus too small: {len(train_ids)} training tokens for block_size "
                          f"{cfg.block_size}; use more lines or a shorter block")
     n_measure = num_positions(len(train_ids), cfg.measure_positions)
+    ood_ids = shuffled(val_ids, cfg.seed) if cfg.ood else None
     say(f"corpus: {corpus_name}: {len(lines)} lines, {len(train_ids):,} training and "
         f"{len(val_ids):,} validation tokens; BPE vocabulary {vocab:,}")
 
@@ -164,7 +166,8 @@ def run_lm(cfg: LMConfig, out: str | Path, *, progress: bool = True,
     while True:
         if todo and todo[0] == step:
             todo.pop(0)
-            rows.append(_checkpoint(model, cfg, step, train_ids, val_ids, recent, progress, out))
+            rows.append(_checkpoint(model, cfg, step, train_ids, val_ids, recent, progress, out,
+                                    ood_ids))
             rows[-1].update(train_seconds=train_time, train_cpu_seconds=train_cpu)
             nio.atomic_write_json(out / "results.json", {"rows": rows})
             say(_row_line(rows[-1]))
@@ -202,15 +205,22 @@ def run_lm(cfg: LMConfig, out: str | Path, *, progress: bool = True,
     return rows
 
 
+def shuffled(ids: np.ndarray, seed: int) -> np.ndarray:
+    """The tokens of ``ids`` in a seeded random order: the same tokens without their order,
+    the out-of-distribution text of ``ood_orthogonality``."""
+    return ids[np.random.default_rng(seed).permutation(len(ids))]
+
+
 def _checkpoint(model: GPT, cfg: LMConfig, step: int, train_ids: np.ndarray,
-                val_ids: np.ndarray, recent: list[float], progress: bool, out: Path
-                ) -> dict[str, Any]:
+                val_ids: np.ndarray, recent: list[float], progress: bool, out: Path,
+                ood_ids: np.ndarray | None) -> dict[str, Any]:
     """Validation loss and the collapse metrics at one step (with their cost)."""
     t0, c0 = time.perf_counter(), time.process_time()
     val_loss = mean_loss(model, val_ids, batch_windows=cfg.measure_batch)
     metrics = measure_lm(model, train_ids, batch_windows=cfg.measure_batch,
                          max_positions=cfg.measure_positions, progress=progress,
-                         desc=f"step {step}", spill_dir=out if cfg.spill else None)
+                         desc=f"step {step}", spill_dir=out if cfg.spill else None,
+                         ood_ids=ood_ids)
     return {"step": step, "tokens_seen": step * cfg.batch_size * cfg.block_size,
             "train_loss": float(np.mean(recent)) if recent else None, "val_loss": val_loss,
             "metrics": metrics.to_dict(), "measure_seconds": time.perf_counter() - t0,
