@@ -4,6 +4,8 @@ Debian's Fashion-MNIST; a few epochs of it on a tiny balanced subset (seconds)."
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from ncollapse.rundir import CONFIG, EPOCHS, METRICS, read_jsonl
 from ncollapse.training import lr_at, measurement_epochs, train
 
 PRESET = "papyan-cnn-cpu"
+REPRODUCING = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
 
 needs_fashion = pytest.mark.skipif(
     not DEBIAN_FASHION_MNIST_DIR.is_dir(),
@@ -35,6 +38,18 @@ def test_preset_is_the_papers_protocol_on_fashion_mnist():
     assert lr_at(cfg, 116) == cfg.lr
     assert math.isclose(lr_at(cfg, 117), cfg.lr / 10)
     assert math.isclose(lr_at(cfg, 350), cfg.lr / 100)
+
+
+def test_documented_learning_rate_is_the_presets():
+    """docs/reproducing.md states the preset's lr and its place in the paper's grid."""
+    text = " ".join(REPRODUCING.read_text(encoding="utf-8").split())
+    found = re.search(r"`papyan-cnn-cpu` uses lr ([\d.]+), the (\d+)(?:st|nd|rd|th) value of "
+                      r"the paper's grid", text)
+    assert found is not None
+    lr = load_config(preset=PRESET).lr
+    shown = found.group(1)
+    assert abs(float(shown) - lr) <= 0.5 * 10.0 ** -len(shown.split(".")[1])
+    assert paper_lr_grid()[int(found.group(2)) - 1] == lr
 
 
 def test_preset_model_is_convolutional_with_batchnorm():
