@@ -348,8 +348,10 @@ class NCAccumulator:
         out.maxangle_weights, out.etf_error_weights = pw.maxangle, pw.etf_error
         out.hyperspherical_energy_weights = pw.energy
         out.hyperspherical_energy_var_weights = pw.energy_var
-        diff = wp / torch.linalg.matrix_norm(wp) - mt / torch.linalg.matrix_norm(mt)
-        out.self_duality = float((diff * diff).sum())
+        nw, nm = torch.linalg.matrix_norm(wp), torch.linalg.matrix_norm(mt)
+        out.self_duality = float(sum(  # in row blocks: no C x d temporaries
+            (wp[i:i + 4096] / nw - mt[i:i + 4096] / nm).square_().sum()
+            for i in range(0, st.cp, 4096)))
         out.self_duality_etf_error = cross_etf_error(wp, mt, self._tile)
         out.bias_collapse = float(torch.linalg.vector_norm(clf.offsets(st.mu_g)))
         cos = torch.linalg.vecdot(wp, mt) / (torch.linalg.vector_norm(wp, dim=1)

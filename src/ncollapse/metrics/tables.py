@@ -175,13 +175,14 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
         radius = torch.zeros(c, dtype=_F64, device=dev)
         radius[stats.sel] = 0.5 * (1 - 1e-3) * rho - 2.0 * s_drop - ev[stats.sel].norm(dim=1)
         tab.radius = radius.to(ct)
-        tab.a_table = torch.zeros(c, v.shape[1], dtype=ct, device=dev)
-        tab.a_table[stats.sel] = (su - ev[stats.sel] + (stats.mu_g - g64) @ v).to(ct)
         tab.su_t = (-2.0 * su).to(ct).contiguous().T
-        dg = stats.mt + (stats.mu_g - g64)
-        tab.q = (dg * dg).sum(1).to(ct)
-        tab.q64 = (stats.mt * stats.mt).sum(1)
         tab.su_max = float(torch.linalg.vector_norm(su, dim=1).max())
+        tab.a_table = torch.zeros(c, v.shape[1], dtype=ct, device=dev)
+        tab.a_table[stats.sel] = su.sub_(ev[stats.sel]).add_((stats.mu_g - g64) @ v).to(ct)
+        del su
+        delta = stats.mu_g - g64  # ||mt_c + delta||^2 without a C x d temporary
+        tab.q64 = torch.linalg.vecdot(stats.mt, stats.mt)
+        tab.q = (tab.q64 + 2.0 * (stats.mt @ delta) + delta @ delta).to(ct)
         tab.q_max = float(tab.q.abs().max())
     else:
         nu = ncc_means - g64
