@@ -141,12 +141,14 @@ def test_streamed_equals_measure_on_features_in_memory(kjv_tiny, tmp_path) -> No
     assert streamed.ncc_mismatch is not None and streamed.accuracy is not None
 
 
-def _float32_case(ids: np.ndarray) -> tuple[dict, dict]:
+@pytest.fixture(scope="module")
+def float32_case(kjv_tiny) -> tuple[dict, dict]:
     """The setting of the full run (float32 model, pass-2 logits from the LM head, C > d):
     the streamed metrics and the float64 reference of tests/reference.py on the same
     features."""
     from reference import reference_metrics
 
+    ids = kjv_tiny[2]
     torch.manual_seed(1)
     model = GPT(GPTConfig(vocab_size=TINY["vocab_size"], block_size=32, n_layer=1, n_head=2,
                           n_embd=32))
@@ -170,10 +172,10 @@ def _float32_case(ids: np.ndarray) -> tuple[dict, dict]:
     return got, ref
 
 
-def test_float32_streamed_agrees_with_float64_reference(kjv_tiny) -> None:
+def test_float32_streamed_agrees_with_float64_reference(float32_case) -> None:
     """Every metric but NC1 within 1e-4 of the reference (NC1: see the note in the docs on
     the LayerNorm's null direction, which makes it depend on the rank cut at rounding level)."""
-    got, ref = _float32_case(kjv_tiny[2])
+    got, ref = float32_case
     for key, r in ref.items():
         if key in got and r is not None and key != "nc1":
             assert got[key] == pytest.approx(r, rel=1e-4, abs=1e-7), key
