@@ -329,7 +329,7 @@ class NCAccumulator:
         if out.accuracy is None and "decided" in s1 and int(s1["decided"]) == st.total:
             out.accuracy = float(s1["correct"].to(_F64) / st.total)
         if self.phase == 1 and "scatter" in s1:
-            v, s, _ = spectrum(st.mt)
+            v, s, _ = spectrum(st.mt, torch.finfo(self._ct).eps)
             quad = ((s1["scatter"] @ v) * v).sum(0)
             out.nc1 = float((quad / s**2).sum() / st.total)
         if ss is not None:

@@ -90,9 +90,17 @@ def class_means(features: Any, labels: Any, num_classes: int) -> tuple[Any, Any]
     return (means.cpu().numpy(), counts.cpu().numpy()) if is_np else (means, counts)
 
 
-def spectrum(mt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+def spectrum(mt: torch.Tensor, input_eps: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Right singular vectors V (d, k) and singular values S (k,) of the centred means M~ (C, d),
     float64, truncated to k = min(C - 1, numerical rank); and the first dropped singular value.
+
+    The numerical rank counts the singular values above s_max * max(4 sqrt(m eps64), m
+    input_eps), m = max(C, d): eigenvalues of Sigma_B below lambda_max * 16 m eps64 (the float64
+    noise floor of a Gram matrix), and singular values below the precision ``input_eps`` of the
+    features' dtype (float32 features are measured in float32: their projections on a direction
+    whose singular value is below that are rounding noise, e.g. the null direction of LayerNorm
+    outputs, which lie in a hyperplane).
 
     Never a decomposition larger than min(C, d) squared. Small problems (min(C, d)^2 max(C, d)
     <= 2^27) take an SVD: of M~^T (d x C) when C <= d, else of the d x d R factor of a QR of
@@ -102,14 +110,15 @@ def spectrum(mt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     an eigendecomposition of Sigma_B itself.
     """
     c, d = mt.shape
-    eps = torch.finfo(_F64).eps
+    eps, m = torch.finfo(_F64).eps, max(c, d)
+    rel = max(4.0 * math.sqrt(m * eps), m * input_eps)
     if min(c, d) ** 2 * max(c, d) <= 1 << 27:
         if c > d:
             _, s, vh = torch.linalg.svd(torch.linalg.qr(mt, mode="r")[1])
             v = vh.T
         else:
             v, s, _ = torch.linalg.svd(mt.T, full_matrices=False)
-        tol = float(s[0]) * max(c, d) * eps
+        tol = float(s[0]) * rel
     else:
         if c > d:
             lam, v = torch.linalg.eigh(mt.T @ mt)
@@ -118,7 +127,7 @@ def spectrum(mt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
             lam, u = torch.linalg.eigh(mt @ mt.T)
             lam, u = lam.flip(0), u.flip(1)
         s = lam.clamp(min=0.0).sqrt()
-        tol = float(s[0]) * math.sqrt(max(c, d) * eps) * 4
+        tol = float(s[0]) * rel
         keep = max(1, int((s > tol).sum()))
         s = s[:keep]
         v = v[:, :keep] if c > d else (mt.T @ u[:, :keep]) / s

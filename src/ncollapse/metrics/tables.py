@@ -142,13 +142,14 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
     """The frozen tables for pass 2 from the pass-1 means (see ``Pass2Tables``); ``tol`` is
     the relative rounding bound of the decisions (0: no float64 re-check).
 
-    When k > 0.6 d (and ``scatter_ok``), NC1 comes from the d x d sum of x x^T, built from
+    When k > 0.6 d (and ``scatter_ok``, and float64 compute: float32 x x^T sums lose the small
+    directions of Sigma_W to rounding), NC1 comes from the d x d sum of x x^T, built from
     upper blocks (about 0.6 N d^2 multiply-adds instead of N d k for the projections), and the
     nearest-centre test uses ||x|| >= ||V^T x||: projections only for the rows it leaves open.
     """
     dev, c = stats.mt.device, num_classes
     d = stats.mt.shape[1]
-    v, s, s_drop = spectrum(stats.mt)
+    v, s, s_drop = spectrum(stats.mt, torch.finfo(ct).eps)
     mu = stats.means()
     anchor = torch.zeros(c, d, dtype=ct, device=dev)
     anchor[stats.sel] = mu.to(ct)
@@ -167,7 +168,7 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
         ag_norm=(torch.linalg.vector_norm(anchor.to(_F64) - g64, dim=1) * (1 + 1e-5)).to(ct),
         radius=None, a_table=None, su_t=None, q=None,
         q64=None, su_max=0.0, q_max=0.0, tol=tol,
-        scatter=scatter_ok and v.shape[1] > 0.6 * d)
+        scatter=scatter_ok and ct == _F64 and v.shape[1] > 0.6 * d)
     tab.v_t, tab.v64 = tab.vt.T, v
     if ncc_means is None:
         su = stats.mt @ v  # (cp, k)
