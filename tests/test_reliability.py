@@ -411,8 +411,6 @@ def test_a_measurement_the_metrics_cannot_define_is_null_with_a_warning(tmp_path
     assert run.state == "finished" and [r["train"]["nc1"] for r in run.metrics] == [None, None]
 
 
-@pytest.mark.xfail(reason="needs measure() to return degenerate geometry as inf/nan with a "
-                   "warning (metrics owner, requested in COORD: B -> A)", strict=False)
 def test_measure_of_coinciding_means_is_a_result_with_one_warning():
     import warnings
 

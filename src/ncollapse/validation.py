@@ -27,6 +27,10 @@ __all__ = [
     "check_logits",
     "resolve_num_classes",
     "warn_absent_classes",
+    "warn_coinciding_means",
+    "warn_zero_weights",
+    "check_class_count",
+    "available_memory",
     "warn_low_dimension",
     "report_nonfinite",
     "require_balanced",
@@ -60,9 +64,17 @@ def report_nonfinite(x: torch.Tensor, name: str, row_offset: int = 0) -> None:
     bad = ~torch.isfinite(x)
     count = int(bad.sum())
     if count == 0:
+        big = float(x.abs().max()) if x.numel() else 0.0
+        top = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).max
+        width = x[0].numel() if x.ndim > 1 and x.shape[0] else 1
+        if big * big * width < top:  # squares and row sums stay finite: not an overflow
+            raise RuntimeError(
+                f"a non-finite intermediate result from finite {name} (max |value| {big:.3g}, "
+                f"too small to overflow); this is a bug in ncollapse, please report it"
+            )
         raise ValueError(
             f"{name} overflow: values are finite but too large for {x.dtype} arithmetic "
-            f"(max |value| {float(x.abs().max()):.3g}); rescale the features or pass float64"
+            f"(max |value| {big:.3g}); rescale the features or pass float64"
         )
     rows = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.ndim > 1 else bad
     first = int(torch.nonzero(rows)[0, 0]) + row_offset
@@ -252,6 +264,85 @@ def warn_low_dimension(dim: int, num_present: int) -> None:
             f"non-zero spectrum (at most d eigenpairs)",
             UserWarning,
             stacklevel=user_stacklevel(),
+        )
+
+
+def warn_coinciding_means() -> None:
+    """Warn (once per measurement) that the class means coincide: Sigma_B = 0."""
+    warnings.warn(
+        "class means coincide: between-class scatter is 0, so NC1, the trace ratio, CDNV and "
+        "the NC2/NC3 metrics of the means are undefined (nan, hyperspherical energy inf); this "
+        "is a result (e.g. dead ReLUs or constant features), not an error",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def warn_zero_weights() -> None:
+    """Warn that the classifier rows of the present classes are all zero."""
+    warnings.warn(
+        "classifier weights are all zero: self_duality, uniform_duality and the NC2 metrics of "
+        "the weights are undefined (nan; hyperspherical energy inf)",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes of memory available for new tensors on ``device`` (None when unknown)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type != "cpu":
+        return None
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(line.split()[1]) * 1024 for line in f
+                      if line.startswith("MemAvailable:")]
+    except (OSError, ValueError):
+        pass
+    try:  # a cgroup (v2) limit, e.g. in a container
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            found.append(int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE")))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(found)
+
+
+def class_table_bytes(num_classes: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Estimated bytes of the per-class tables of a measurement: float64 shifts and sums
+    (C, d), the pass-2 anchors and projection tables (C, d) in the compute dtype plus a float64
+    (C, d) temporary, and about 64 bytes of per-class vectors."""
+    item = 8 if dtype == torch.float64 else 4
+    return int(num_classes) * (int(dim) * (24 + 2 * item) + 64)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def check_class_count(num_classes: int, dim: int, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> None:
+    """Refuse, before anything is allocated, a class count whose per-class tables would not
+    fit in the memory available on ``device``, with the figure and the fix (one line)."""
+    need = class_table_bytes(num_classes, dim, dtype)
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"C = {int(num_classes):,} classes with d = {int(dim)} features need about "
+            f"{_gb(need)} for the per-class (C, d) tables, more than the {_gb(have)} of memory "
+            f"available on {torch.device(device)}; class ids must be 0..C-1 (map sparse ids with "
+            f"np.unique(labels, return_inverse=True)) and num_classes the true number of classes"
         )
 
 

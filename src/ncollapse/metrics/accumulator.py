@@ -129,6 +129,7 @@ class NCAccumulator:
         if num_classes is not None and c != num_classes:
             raise ValueError(f"the saved state has C = {num_classes} classes but this "
                              f"accumulator has C = {c}; construct it with the same classifier")
+        V.check_class_count(c, d, compute_dtype(dtype), dev)
         self.num_classes, self.dim, self.device, self.dtype = c, d, dev, dtype
         self._ct = compute_dtype(dtype)
         self._clf = None if w is None else Classifier.make(w, b, self._ct)
@@ -285,6 +286,8 @@ class NCAccumulator:
         elif bias is not None:
             raise ValueError("bias given without weight; pass the classifier weight too")
         out = NCMetrics(num_classes=st.cp, num_samples=st.total, dim=int(self.dim))
+        if not bool(st.mt.any()):
+            V.warn_coinciding_means()
         self._means_metrics(out, st, clf)
         if clf is not None:
             self._weight_metrics(out, st, clf)
@@ -349,6 +352,8 @@ class NCAccumulator:
         out.hyperspherical_energy_weights = pw.energy
         out.hyperspherical_energy_var_weights = pw.energy_var
         nw, nm = torch.linalg.matrix_norm(wp), torch.linalg.matrix_norm(mt)
+        if float(nw) == 0.0:
+            V.warn_zero_weights()
         out.self_duality = float(sum(  # in row blocks: no C x d temporaries
             (wp[i:i + 4096] / nw - mt[i:i + 4096] / nm).square_().sum()
             for i in range(0, st.cp, 4096)))
