@@ -1,4 +1,5 @@
-"""Independent float64 numpy reference for the NC metrics, straight from nc-math.md.
+"""Independent float64 numpy reference for the NC metrics, straight from the definitions in
+docs/metrics.md.
 
 Deliberately plain and slow: d x d Sigma_W and Sigma_B, eigendecomposition of Sigma_B for its
 pseudo-inverse over the top min(C - 1, rank) eigenpairs, explicit distance matrices for the

@@ -2,7 +2,7 @@
 
 For features h_i, labels y_i, classifier W (C, d), bias b (C,) and ridge λ ≥ 0 the loss
 L = ½·mean_i ‖W h_i + b − e_{y_i}‖² + λ/2·(‖W‖_F² + ‖b‖²) is a ridge regression in [W, b],
-minimised by the least-squares classifier [W_LS, b_LS] (``../shared/nc-math.md``); the exact
+minimised by the least-squares classifier [W_LS, b_LS] (docs/theory/central-path.md); the exact
 identity splits L into within-class variability, the gap of the least-squares classifier on the
 class means, and the distance to the central path. Derivation: docs/theory/central-path.md.
 """
@@ -23,7 +23,8 @@ __all__ = ["least_squares_classifier", "mse_decomposition"]
 def least_squares_classifier(h: np.ndarray, means: np.ndarray, lam: float
                              ) -> tuple[np.ndarray, np.ndarray]:
     """The least-squares classifier W_LS (C, d), b_LS (C,) of features ``h`` (N, d) with class
-    means ``means`` (C, d), balanced classes, ridge ``lam`` (nc-math.md; the minimum-norm W_LS
+    means ``means`` (C, d), balanced classes, ridge ``lam`` (W_LS = (1/C)(Mᵀ − 1μ_Gᵀ/(1+λ))
+    (Σ_T + λ/(1+λ)·μ_Gμ_Gᵀ + λI)⁻¹, b_LS = (1/C·1 − W_LS μ_G)/(1+λ); the minimum-norm W_LS
     when the system is singular). Float64 numpy arrays in and out.
 
     K = Σ_T + λ/(1+λ)·μ_Gμ_Gᵀ + λI is formed as ZᵀZ and inverted through the SVD of Z, so the
