@@ -49,7 +49,7 @@ def test_given_rotation_matches_nc_math_formula() -> None:
     c, d, alpha = 6, 11, 0.7
     u = g.random_orthonormal(d, c, seed=0)
     rows = g.simplex_etf(c, scale=alpha, rotation=u)
-    # nc-math: M = α sqrt(C/(C−1)) U (I − 11ᵀ/C), columns are the vectors.
+    # the simplex ETF of [Pap20]: M = α sqrt(C/(C−1)) U (I − 11ᵀ/C), columns are the vectors.
     m = alpha * np.sqrt(c / (c - 1)) * u @ (np.eye(c) - np.ones((c, c)) / c)
     np.testing.assert_allclose(rows, m.T, atol=1e-14)
     # A (d, C−1) frame also works, including d = C−1.

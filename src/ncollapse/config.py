@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+import numpy as np
 import tomli_w
 
 from ncollapse.io import PathLike, atomic_write_text
@@ -37,8 +38,6 @@ LR_GRID_RANGE = (1e-4, 0.25)
 
 def paper_lr_grid() -> list[float]:
     """The 25 learning rates of [Pap20], ``numpy.logspace(-4, log10(0.25), 25)``."""
-    import numpy as np
-
     lo, hi = LR_GRID_RANGE
     return [float(v) for v in np.logspace(math.log10(lo), math.log10(hi), LR_GRID_SIZE)]
 
@@ -94,6 +93,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every value; raise ``ValueError`` naming the field and the valid choices."""
+        # imported here: data, losses and models import torch, and ``import ncollapse.config``
+        # stays torch-free for the readers (plot, report) that load a run's config
         from ncollapse.data import DATASETS, IMBALANCE_PROFILES
         from ncollapse.losses import LOSSES
         from ncollapse.models import MODELS
@@ -286,8 +287,7 @@ RUN_INFO_KEYS = ("created", "command", "world_size")
 def save_config(config: TrainConfig, path: PathLike, *, extra_run: Mapping[str, Any] | None = None
                 ) -> Path:
     """Atomically write the full resolved config plus the software versions as TOML."""
-    import numpy
-    import torch
+    import torch  # only for its version string; keeps ``import ncollapse.config`` torch-free
 
     from ncollapse import __version__
 
@@ -297,7 +297,7 @@ def save_config(config: TrainConfig, path: PathLike, *, extra_run: Mapping[str, 
     doc["versions"] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "ncollapse": __version__,
     }
     path = Path(path)

@@ -3,7 +3,7 @@
 Convention: an ETF of C classes in R^d is a ``(C, d)`` array whose *rows* are the class
 vectors (the layout of class means and of a classifier ``W``). A simplex ETF with norm
 ``scale`` = α has rows of equal norm α, pairwise cosines exactly −1/(C−1), and rows
-summing to zero; it exists for every d ≥ C−1 (``../shared/nc-math.md``, [Pap20]).
+summing to zero; it exists for every d ≥ C−1 ([Pap20]; definitions in docs/metrics.md).
 
 Every function computes in float64, accepts numpy arrays or torch tensors (any dtype,
 any device) and returns numpy float64 arrays.
@@ -107,7 +107,7 @@ def simplex_etf(num_classes: int, dim: int | None = None, *, scale: float = 1.0,
     - neither: :func:`canonical_etf` (centred standard basis; Helmert rows when dim = C−1);
     - ``seed``: a uniformly random (Haar) rotation of the canonical ETF, reproducible per seed;
     - ``rotation``: a ``(dim, k)`` matrix U with orthonormal columns, k ≥ C−1; the result is
-      ``canonical_etf(C, k, scale=scale) @ U.T``. With k = C this is nc-math's
+      ``canonical_etf(C, k, scale=scale) @ U.T``. With k = C this is the paper's
       M = α·sqrt(C/(C−1))·U(I − 11ᵀ/C), transposed to rows; k = C−1 works for dim = C−1 too.
     """
     c = _check_num_classes(num_classes)

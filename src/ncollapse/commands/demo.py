@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported only when the demo runs (``ncollapse --help`` imports every command module)
     from ncollapse.demo import run_demo
 
     run_demo(args.out, fresh=args.fresh, progress=not args.no_progress, classes=args.classes)

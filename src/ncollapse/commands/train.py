@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ _FLAG_FIELDS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # the valid choices live with their registries; imported when the parser is built
     from ncollapse.data import DATASETS
     from ncollapse.losses import LOSSES
     from ncollapse.models import MODELS
@@ -128,8 +130,6 @@ _NONE_MEANS = {
 
 def _describe_flags(parser: argparse.ArgumentParser) -> None:
     """Give every flag help text that ends with its default (TrainConfig's for config flags)."""
-    from dataclasses import fields
-
     from ncollapse.config import TrainConfig
     from ncollapse.models import MODEL_DEFAULTS
 
@@ -166,6 +166,7 @@ def _describe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the training stack is imported only when a run starts (``ncollapse --help`` stays light)
     from ncollapse.config import load_config
     from ncollapse.training import TrainingDiverged, lr_sweep, run_summary, train
 

