@@ -51,3 +51,29 @@ def test_train_tensorboard_writes_every_metric_and_the_overview(tmp_path, capsys
 def test_missing_optional_package_names_the_extra():
     with pytest.raises(ImportError, match=r"pip install 'ncollapse\[lightning\]'"):
         require("ncollapse_no_such_package", "lightning", "ncollapse.integrations.lightning")
+
+
+def test_train_passes_each_measurement_to_the_hook_while_running(tmp_path):
+    """``train(on_measurement=...)`` (what ``--tensorboard`` uses) sees every measurement as it
+    happens: the run is still running, and the row is the one written to metrics.jsonl."""
+    from ncollapse.config import load_config
+    from ncollapse.rundir import read_status
+    from ncollapse.training import train
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(overrides={"dataset": "digits", "per_class": 20, "model": "mlp",
+                                 "width": 32, "depth": 2, "epochs": 6, "batch_size": 50,
+                                 "num_measurements": 3, "snapshot_per_class": 3})
+    seen = []
+
+    def hook(epoch, row):
+        seen.append((epoch, row["train"]["nc1"], row["train_loss"],
+                     read_status(run_dir)["state"]))
+
+    train(cfg, out=run_dir, progress=False, on_measurement=hook)
+    rows = load_run(run_dir).metrics
+    assert [s[0] for s in seen] == [r["epoch"] for r in rows]
+    assert {s[3] for s in seen} == {"running"}
+    for (_, nc1, loss, _), r in zip(seen, rows, strict=True):
+        assert nc1 == pytest.approx(r["train"]["nc1"], rel=1e-12)
+        assert loss == pytest.approx(r["train_loss"], rel=1e-12)

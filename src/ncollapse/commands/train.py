@@ -215,18 +215,21 @@ def run(args: argparse.Namespace) -> int:
         tensorboard = TensorBoardLogger(args.tensorboard)
     if main:
         print(f"run dir: {out}")
-    try:
+    try:  # NC scalars reach TensorBoard live, at each measurement
         train(config, out=out, resume=resume, progress=progress,
-              epochs=args.epochs if resume else None)
+              epochs=args.epochs if resume else None,
+              on_measurement=tensorboard.log_row if tensorboard is not None else None)
+        if tensorboard is not None:  # then the per-epoch scalars and the overview figure
+            tensorboard.log_epochs_and_overview(out)
+            print(f"tensorboard: {args.tensorboard}")
     except TrainingDiverged as exc:
         print(f"ncollapse train: failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     if not main:
         return 0
-    if tensorboard is not None:
-        with tensorboard as tb:
-            tb.log_run(out)
-        print(f"tensorboard: {args.tensorboard}")
     for line in summary_lines(run_summary(out)):
         print(line)
     return 0

@@ -81,10 +81,22 @@ class TensorBoardLogger:
         ``epoch/<name>``), then the overview figure. Returns the number of measurements."""
         run = load_run(run_dir)
         for row in run.metrics:
-            epoch = int(row["epoch"])
-            self.log_measurement(epoch, train=row.get("train"), test=row.get("test"))
-            self.log_scalars(epoch, {f"measurement/{k}": row.get(k)
-                                     for k in _ROW_SCALARS if _is_number(row.get(k))})
+            self.log_row(int(row["epoch"]), row)
+        self.log_epochs_and_overview(run_dir)
+        return len(run.metrics)
+
+    def log_row(self, epoch: int, row: Mapping[str, Any]) -> None:
+        """One measurement row (as in ``metrics.jsonl``, or as ``train(on_measurement=...)``
+        passes it): its ``nc/train/*`` and ``nc/test/*`` scalars and its losses/accuracy as
+        ``measurement/<name>``. ``ncollapse train --tensorboard`` calls it live."""
+        self.log_measurement(epoch, train=row.get("train"), test=row.get("test"))
+        self.log_scalars(epoch, {f"measurement/{k}": row.get(k)
+                                 for k in _ROW_SCALARS if _is_number(row.get(k))})
+
+    def log_epochs_and_overview(self, run_dir: str | Path) -> None:
+        """The per-epoch ``train_loss``, ``train_error`` and ``lr`` of a run directory (as
+        ``epoch/<name>``), then its overview figure at the last measured epoch."""
+        run = load_run(run_dir)
         for row in run.epochs:
             self.log_scalars(int(row["epoch"]), {f"epoch/{k}": row.get(k)
                                                  for k in _EPOCH_SCALARS
@@ -92,7 +104,6 @@ class TensorBoardLogger:
         if run.metrics:
             self.log_overview(run_dir, step=int(run.metrics[-1]["epoch"]))
         self.writer.flush()
-        return len(run.metrics)
 
     def log_overview(self, run_dir: str | Path, step: int | None = None) -> None:
         """The run directory's overview figure (``ncollapse plot``'s) as an image."""

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,21 @@ from ncollapse.training.schedule import lr_at, measurement_epochs
 __all__ = ["train"]
 
 
+#: Called by :func:`train` on the main process after each measurement is written.
+MeasurementHook = Callable[[int, Mapping[str, Any]], None]
+
+
 def train(config: TrainConfig | None = None, *, out: str | Path, resume: bool = False,
-          progress: bool = True, epochs: int | None = None) -> Path:
+          progress: bool = True, epochs: int | None = None,
+          on_measurement: MeasurementHook | None = None) -> Path:
     """Train ``config`` into the run directory ``out`` and return its path.
 
     ``resume=True`` continues the run in ``out`` from its last checkpoint (the config is read
     from ``out/config.toml``; a given ``config`` must match it except for ``device`` and
     ``deterministic``); ``epochs`` changes its number of epochs (only with ``resume``).
+    ``on_measurement(epoch, row)``, if given, is called on the main process right after each
+    measurement is logged, with that row of ``metrics.jsonl`` (``"train"``/``"test"`` are the
+    ``NCMetrics.to_dict()`` mappings): live logging, e.g. to TensorBoard.
     Raises :class:`TrainingDiverged` if the loss becomes NaN/Inf (the run is marked failed),
     ``ValueError`` for a bad config or an occupied ``out``, ``RunLocked`` when another process
     is writing to ``out``.
@@ -59,13 +67,14 @@ def train(config: TrainConfig | None = None, *, out: str | Path, resume: bool = 
     info = D.setup(config.device)
     try:
         with _deterministic(config.deterministic), _sigterm_as_interrupt():
-            return _train(config, out, resume, epochs is not None, progress, info)
+            return _train(config, out, resume, epochs is not None, progress, info,
+                          on_measurement)
     finally:
         D.teardown(info)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, epochs_changed: bool, progress: bool,
-           info: D.DistInfo) -> Path:
+           info: D.DistInfo, on_measurement: MeasurementHook | None = None) -> Path:
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
                          f"{info.world_size} processes; pick a multiple")
@@ -76,7 +85,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, epochs_changed: bool, prog
                     run_info={"world_size": info.world_size})
     _open_on_every_rank(run, info)
     try:
-        return _loop(run, cfg, out, resume, epochs_changed, progress, info)
+        return _loop(run, cfg, out, resume, epochs_changed, progress, info, on_measurement)
     except BaseException as exc:  # failed while setting up (the loop closes the run itself)
         if run.written:
             run.close("failed", f"stopped before training by {type(exc).__name__}: {exc}")
@@ -86,7 +95,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, epochs_changed: bool, prog
 
 
 def _loop(run: RunWriter, cfg: TrainConfig, out: Path, resume: bool, epochs_changed: bool,
-          progress: bool, info: D.DistInfo) -> Path:
+          progress: bool, info: D.DistInfo, on_measurement: MeasurementHook | None) -> Path:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002 - for user code relying on the global RNG
     random.seed(cfg.seed)
@@ -176,6 +185,9 @@ def _loop(run: RunWriter, cfg: TrainConfig, out: Path, resume: bool, epochs_chan
                             if len(snap_idx) and info.is_main else None)
                 run.log_measurement(epoch, train=ev.metrics, test=te and te.metrics,
                                     snapshot=snapshot, **row)
+                if on_measurement is not None and info.is_main:
+                    on_measurement(epoch, {"epoch": epoch, "train": ev.metrics,
+                                           "test": te and te.metrics, **row})
             elif cfg.track_train_error and tpt_onset is None:
                 train_error = evaluate(model, x_train, y_train, info, cfg, criterion,
                                        num_classes, measure_nc=False).error
