@@ -180,14 +180,7 @@ def checked_scores(vals: torch.Tensor, largest: bool, scale: torch.Tensor, tol: 
     idx = ind[:, 0].clone()
     if tol <= 0:
         return idx
-    amb = torch.nonzero((top[:, 0] - top[:, 1]).abs_() <= tol * scale).flatten()
-    if amb.numel():
-        z64, mat64, off64 = exact(amb)
-        rows = max(1, _SCORE_ELEMS // max(1, mat64.shape[1]))
-        for r0 in range(0, amb.numel(), rows):
-            sub = slice(r0, r0 + rows)
-            idx[amb[sub]] = tiled_best(z64[sub], mat64, off64, largest, tile)[0]
-    return idx
+    return _redecide(idx, top[:, 0] - top[:, 1], largest, scale, tol, exact, tile)
 
 
 def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
@@ -201,10 +194,19 @@ def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None
     idx, best, second = tiled_best(z, mat, offset, largest, tile)
     if tol <= 0 or mat.shape[1] < 2:
         return idx
-    amb = torch.nonzero((best - second).abs_() <= tol * scale).flatten()
+    return _redecide(idx, best - second, largest, scale, tol, exact, tile)
+
+
+def _redecide(idx: torch.Tensor, gap: torch.Tensor, largest: bool, scale: torch.Tensor,
+              tol: float, exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
+                                                                torch.Tensor | None]],
+              tile: int) -> torch.Tensor:
+    """``idx`` with the rows whose two best scores are within ``tol * scale`` (``gap``)
+    decided again from ``exact(rows)`` in float64, a few rows at a time."""
+    amb = torch.nonzero(gap.abs_() <= tol * scale).flatten()
     if amb.numel():
         z64, mat64, off64 = exact(amb)
-        rows = max(1, _SCORE_ELEMS // max(1, mat.shape[1]))
+        rows = max(1, _SCORE_ELEMS // max(1, mat64.shape[1]))
         for r0 in range(0, amb.numel(), rows):
             sub = slice(r0, r0 + rows)
             idx[amb[sub]] = tiled_best(z64[sub], mat64, off64, largest, tile)[0]
