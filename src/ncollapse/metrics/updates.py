@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ncollapse import validation as V
+from ncollapse.metrics.certify import Certifier
 from ncollapse.metrics.kernels import (
     bulk_rows,
     checked_best,
@@ -164,6 +165,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         beta64 = clf.offsets(tab.g.to(_F64))
         beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
     fused = _fused(tab, clf, h.dtype) if use_w else None
+    cert = _certifier(tab, clf, tile, fused) if use_w else None
     nc1 = None if tab.scatter else torch.zeros_like(st["nc1"])
     ss = torch.zeros_like(st["ss"])
     wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
@@ -173,7 +175,13 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         x = gather_sub(hc, tab.anchor, yc)
         xn = torch.linalg.vector_norm(x, dim=1)
         ss.index_add_(0, yc, torch.square(xn.to(_F64)))  # a new tensor: xn is used below
-        prod = None if fused is None else x @ fused.basis  # [V |] W^T in one product
+        open_rows = None
+        if cert is not None and (rad := cert.radius(yc)) is not None:
+            open_rows = torch.nonzero(xn >= rad).flatten()  # decisions not certified
+            cert.count(yc.numel(), yc.numel() - open_rows.numel())
+        # [V |] W^T in one product, unless most decisions are certified without the logits
+        fuse = fused is not None and (open_rows is None or 2 * open_rows.numel() > yc.numel())
+        prod = x @ fused.basis if fuse else None
         if tab.scatter:
             _add_scatter(st["scatter"], x)
             proj = None
@@ -184,8 +192,14 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         wrong += (ncc != yc).sum()
         if not classify_on:
             continue
-        if fused is not None:  # logits = W x + (W a_y + b), the second term from a table
+        if fuse:  # logits = W x + (W a_y + b), the second term from a table
             pred = _classify_fused(fused, clf, prod, hc, yc, xn, tab.tol)
+        elif use_w and open_rows is not None:  # certified rows are decided: their label
+            pred = yc.clone()
+            if open_rows.numel():
+                pred[open_rows] = classify(
+                    clf, hc[open_rows], tab.g, beta, beta_max, tab.tol, tile,
+                    xn[open_rows] + torch.index_select(tab.ag_norm, 0, yc[open_rows]))
         elif use_w:
             pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile,
                             xn + torch.index_select(tab.ag_norm, 0, yc))
@@ -215,6 +229,18 @@ class _Fused:
     table: torch.Tensor  # (C, C): w_c.a_y + b_c - (w_y.a_y + b_y), row y, compute dtype
     scale: torch.Tensor  # (C,) max_c |table[y, c]|
     width: int  # C
+
+
+def _certifier(tab: Pass2Tables, clf: Classifier, tile: int | None,
+               fused: _Fused | None) -> Certifier | None:
+    """The classifier certification of ``tab`` (built on first use); None where the
+    product is narrow (few classes and columns: the logits cost little next to reading
+    the rows)."""
+    if fused is not None and fused.basis.shape[1] < 64:
+        return None
+    if tab.cert is None:
+        tab.cert = Certifier(clf, tab.anchor, tab.pos >= 0, tab.tol, tile)
+    return tab.cert
 
 
 def _fused(tab: Pass2Tables, clf: Classifier, ct: torch.dtype) -> _Fused | None:
