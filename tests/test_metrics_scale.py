@@ -107,15 +107,15 @@ def test_one_shot_uses_tiles_by_default_at_large_class_counts(monkeypatch):
     from ncollapse.metrics import kernels, pairwise
 
     biggest = []
-    real_mm = torch.Tensor.__matmul__
+    real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
 
-    def spy(a, b):
-        out = real_mm(a, b)
+    def record(out):
         if out.ndim == 2:
             biggest.append(out.shape[0] * out.shape[1])
         return out
 
-    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: record(real_matmul(a, b)))
+    monkeypatch.setattr(torch, "mm", lambda a, b, **kw: record(real_mm(a, b, **kw)))
     c = 3000
     h, y, w, b = synthetic(c * 2, 8, c, 0.3, seed=1)
     with pytest.warns(UserWarning, match="smaller than C - 1"):
