@@ -326,6 +326,26 @@ def test_benchmark_quick_runs(capsys):
     assert 0 <= rows[2]["peak_bytes"] < 2**30
 
 
+@pytest.mark.filterwarnings("ignore:feature dimension d")
+def test_limits_benchmark_quick_runs(capsys, monkeypatch):
+    """benchmarks/limits.py runs end to end at 1/64 of its sizes."""
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("ncollapse_benchmark_limits",
+                                                  bench_dir / "limits.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["case"] for r in rows] == ["wide", "deep"]
+    assert rows[0]["C"] == 2048 and rows[1]["d"] == 128
+    out = capsys.readouterr().out
+    assert re.search(r"wide: N=4096 d=8 C=2048 .* x one float64 C x d matrix", out)
+
+
 def test_equiangular_ordered_pairs_matches_direct_computation():
     h, y, w, b = synthetic(500, 12, 6, 0.5, seed=13)
     m = measure(h, y, weight=w, bias=b)
