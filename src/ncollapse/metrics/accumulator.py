@@ -51,8 +51,9 @@ class NCAccumulator:
 
     Options: ``second_pass=True`` promises a second pass, so pass 1 only accumulates the class
     means (faster; ``compute()`` then needs pass 2); ``distributed=False`` never syncs over
-    torch.distributed; ``tile_size`` sets the classes per tile of the pairwise statistics and
-    decisions (memory O(C d + batch tile + tile^2); default automatic); ``per_class=True``
+    torch.distributed; ``tile_size`` sets the classes per tile of the decisions and caps the
+    blocks of the pairwise statistics (at most 512 rows anyway): memory O(C d + batch tile +
+    tile^2), default automatic; ``per_class=True``
     attaches ``NCMetrics.per_class`` (``ncollapse.metrics.per_class.PerClassStats``).
 
     ``merge(other)`` combines two accumulators of the same pass exactly; ``sync()`` all-reduces

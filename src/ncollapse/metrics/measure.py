@@ -30,10 +30,10 @@ def measure(
     supply the classifier's decisions instead of argmax(W h + b). ``ncc_means`` (C, d) makes
     NC4 compare with these centres (e.g. training means on test data) instead of the data's own
     class means. ``ood_features`` (M, d): out-of-distribution features, for
-    ``ood_orthogonality``. ``tile_size``: classes per tile of the pairwise statistics and
-    decisions (memory; the results do not depend on it). ``per_class=True`` attaches
-    ``NCMetrics.per_class``. Computes on the features' device; float64 inputs are measured in
-    float64, others in float32 with float64 accumulation.
+    ``ood_orthogonality``. ``tile_size``: classes per tile of the decisions, and a cap on
+    the pairwise statistics' blocks (memory; the results do not depend on it).
+    ``per_class=True`` attaches ``NCMetrics.per_class``. Computes on the features' device;
+    float64 inputs are measured in float64, others in float32 with float64 accumulation.
     """
     h = V.check_features(features)
     y = V.check_labels(labels, h.shape[0], h.device)
