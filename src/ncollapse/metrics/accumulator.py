@@ -19,7 +19,13 @@ from ncollapse.metrics.tables import (
     build_pass2,
     mean_stats,
 )
-from ncollapse.metrics.updates import classify, update_ood, update_pass1, update_pass2
+from ncollapse.metrics.updates import (
+    classify,
+    low_precision,
+    update_ood,
+    update_pass1,
+    update_pass2,
+)
 
 __all__ = ["NCAccumulator"]
 
@@ -101,6 +107,7 @@ class NCAccumulator:
         self._clf: Classifier | None = None
         self._ncc: torch.Tensor | None = None
         self._g1: torch.Tensor | None = None  # pass-1 reference point of the decisions
+        self._low1: dict = {}  # its bfloat16 scores (updates.low_precision), built on first use
         self._synced = False
         self._closed = False  # pass 2 closed by compute() or sync()
         self._poisoned = False
@@ -209,8 +216,9 @@ class NCAccumulator:
         beta64 = self._clf.offsets(g64)
         beta, bmax = beta64.to(self._ct), float(beta64.abs().max())
         tol = self._tol(int(self.dim))
+        low = low_precision(self._low1, "logits", self._clf.wt, beta, tol)
         return lambda rows, hc: classify(self._clf, hc, self._g1, beta, bmax, tol,
-                                         self.tile_size)
+                                         self.tile_size, low=low)
 
     def update_ood(self, features: Any) -> None:
         """Add out-of-distribution features (n, d) in pass 1 (for ``ood_orthogonality``)."""

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ncollapse.metrics.kernels import class_tile, tiled_best
+from ncollapse.metrics.kernels import class_tile, fast_low_precision, tiled_best
 from ncollapse.metrics.tables import Classifier
 
 __all__ = ["Certifier"]
@@ -58,7 +58,7 @@ class Certifier:
         # ulps), and of ||h - a_y|| computed from the rounded difference (relative (d+2) eps)
         self.tol = max(tol, 64.0 * torch.finfo(_F64).eps * math.sqrt(d))
         self.shrink = 1.0 - 2.0 * (d + 2) * eps
-        self.low = _fast_low_precision(anchor.device)
+        self.low = torch.bfloat16 if fast_low_precision(anchor.device) else None
         st = self.low or ct  # the dtype of the anchors' scores
         if self.low is not None:
             self.tol = 2.0 ** -6 + 2.0 * (d + 2) * 2.0 ** -24
@@ -115,13 +115,3 @@ class Certifier:
                 self.radii[cls[sl][up]] = fixed
         self.known[cls] = True
 
-
-def _fast_low_precision(device: torch.device) -> torch.dtype | None:
-    """bfloat16 where its matrix products are fast (and accumulate in float32), else None."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        probe = getattr(cpu, "_is_avx512_bf16_supported", None)
-        return torch.bfloat16 if probe is not None and probe() else None
-    return None

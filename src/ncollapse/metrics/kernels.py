@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 __all__ = ["class_means", "compute_dtype", "chunk_rows", "gather_sub", "spectrum",
            "tiled_best", "checked_best", "checked_scores", "decision_tol", "dist_active",
-           "class_tile"]
+           "class_tile", "LowPrecision", "fast_low_precision"]
 
 _F64 = torch.float64
 _CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
@@ -138,15 +138,17 @@ def spectrum(mt: torch.Tensor, input_eps: float = 0.0
 
 
 def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
-               largest: bool, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               largest: bool, tile: int, score_dtype: torch.dtype | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best column of z @ mat + offset per row, over tiles of ``tile`` columns.
 
-    Returns (index, best score, second-best score); the second is +-inf with one column.
-    Ties keep the lowest index.
+    Returns (index, best score, second-best score) in ``score_dtype`` (default z's); the
+    second is +-inf with one column. Ties keep the lowest index.
     """
     n, cols = z.shape[0], mat.shape[1]
     fill = -math.inf if largest else math.inf
-    best = torch.full((n,), fill, dtype=z.dtype, device=z.device)
+    sdt = score_dtype or z.dtype
+    best = torch.full((n,), fill, dtype=sdt, device=z.device)
     second = best.clone()
     idx = torch.zeros(n, dtype=torch.int64, device=z.device)
     better = torch.gt if largest else torch.lt
@@ -155,9 +157,10 @@ def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
     for c0 in range(0, cols, tile):
         c1 = min(cols, c0 + tile)
         s = z @ mat[:, c0:c1] if offset is None else torch.addmm(offset[c0:c1], z, mat[:, c0:c1])
+        if s.dtype != sdt:
+            s = s.to(sdt)
         if c1 - c0 >= 2:
-            val, ind = s.topk(2, dim=1, largest=largest, sorted=True)
-            t1, t2 = val[:, 0], val[:, 1]
+            t1, ind, t2 = _top2(s, largest)
         else:
             t1, ind, t2 = s[:, 0], torch.zeros(n, 1, dtype=torch.int64, device=z.device), None
         win = better(t1, best)
@@ -168,49 +171,108 @@ def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
     return idx, best, second
 
 
+def _top2(s: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best value, its column (n, 1) and second-best value per row of ``s`` (overwritten):
+    a max, then the max with the winner masked (faster than topk on CPU)."""
+    if largest:
+        t1, ind = s.max(1, keepdim=True)
+        return t1[:, 0], ind, s.scatter_(1, ind, -math.inf).amax(1)
+    t1, ind = s.min(1, keepdim=True)
+    return t1[:, 0], ind, s.scatter_(1, ind, math.inf).amin(1)
+
+
 def checked_scores(vals: torch.Tensor, largest: bool, scale: torch.Tensor, tol: float,
                    exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor | None]],
                    tile: int) -> torch.Tensor:
-    """Best column of precomputed scores per row, rows within ``tol * scale`` of a tie decided
-    again from ``exact`` as in ``checked_best``."""
+    """Best column of precomputed scores per row (``vals`` is overwritten), rows within
+    ``tol * scale`` of a tie decided again from ``exact`` as in ``checked_best``."""
     if vals.shape[1] == 1:
         return torch.zeros(vals.shape[0], dtype=torch.int64, device=vals.device)
-    top, ind = vals.topk(2, dim=1, largest=largest, sorted=True)
-    idx = ind[:, 0].clone()
+    t1, ind, t2 = _top2(vals, largest)
+    idx = ind[:, 0]
     if tol <= 0:
         return idx
-    return _redecide(idx, top[:, 0] - top[:, 1], largest, scale, tol, exact, tile)
+    return _redecide(idx, t1 - t2, largest, scale, tol, exact, tile)[0]
 
 
 def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
                  largest: bool, tile: int, scale: torch.Tensor, tol: float,
                  exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
-                                                       torch.Tensor | None]]
+                                                       torch.Tensor | None]],
+                 extra: torch.Tensor | None = None, low: LowPrecision | None = None
                  ) -> torch.Tensor:
     """``tiled_best`` indices, with rows whose two best scores are within ``tol * scale``
-    decided again from ``exact(rows)`` -> (z, mat, offset) in float64 (tiled, a few rows
-    at a time). ``tol = 0`` skips the check (float64 inputs)."""
+    (plus ``extra``, an absolute error bound per row) decided again from ``exact(rows)`` ->
+    (z, mat, offset) in float64 (tiled, a few rows at a time). ``tol = 0`` skips the check
+    (float64 inputs). ``low``: take the scores from its bfloat16 copies of ``mat`` and
+    ``offset`` instead, with its (wider) rounding bound."""
+    if low is not None and low.on and tol > 0 and mat.shape[1] >= 2:
+        idx, best, second = tiled_best(z.to(low.dtype), low.mat, low.offset, largest, tile,
+                                       torch.float32)  # (no copy when z is bfloat16 already)
+        idx, amb = _redecide(idx, best - second, largest, scale, low.tol, exact, tile, extra)
+        low.record(z.shape[0], amb)
+        return idx
+    if z.dtype != mat.dtype:
+        z = z.to(mat.dtype)
     idx, best, second = tiled_best(z, mat, offset, largest, tile)
     if tol <= 0 or mat.shape[1] < 2:
         return idx
-    return _redecide(idx, best - second, largest, scale, tol, exact, tile)
+    return _redecide(idx, best - second, largest, scale, tol, exact, tile, extra)[0]
+
+
+class LowPrecision:
+    """bfloat16 copies of a score matrix (d, C) and offset (C,) for ``checked_best``, where
+    bfloat16 products are fast: each score is then within 2^-6 (||z|| ||m_c|| + |offset_c|)
+    of the exact one (inputs and output rounded to 8 significant bits, float32 accumulation;
+    ``scale`` must bound that sum), so two scores within ``tol * scale`` with tol = 2^-5 +
+    4 (d + 2) 2^-24 are decided again in float64. When more than a quarter of the first
+    8,192 rows need that (scores too close for bfloat16), it switches itself off."""
+
+    dtype = torch.bfloat16
+
+    def __init__(self, mat: torch.Tensor, offset: torch.Tensor | None) -> None:
+        self.mat = mat.to(self.dtype)
+        self.offset = None if offset is None else offset.to(self.dtype)
+        self.tol = 2.0 ** -5 + 4.0 * (mat.shape[0] + 2) * 2.0 ** -24
+        self.rows = self.ambiguous = 0
+        self.on = True
+
+    def record(self, rows: int, ambiguous: int) -> None:
+        """Count a block's rows and its ambiguous ones; switch off when they are many."""
+        self.rows += rows
+        self.ambiguous += ambiguous
+        if self.rows >= 8192 and 4 * self.ambiguous > self.rows:
+            self.on = False
+
+
+def fast_low_precision(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are fast here (and accumulate in float32): CPUs with
+    AVX512-BF16/AMX, CUDA devices that support bfloat16."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)
+        return bool(probe is not None and probe())
+    return False
 
 
 def _redecide(idx: torch.Tensor, gap: torch.Tensor, largest: bool, scale: torch.Tensor,
               tol: float, exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor,
                                                                 torch.Tensor | None]],
-              tile: int) -> torch.Tensor:
-    """``idx`` with the rows whose two best scores are within ``tol * scale`` (``gap``)
-    decided again from ``exact(rows)`` in float64, a few rows at a time."""
-    amb = torch.nonzero(gap.abs_() <= tol * scale).flatten()
+              tile: int, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """``idx`` with the rows whose two best scores are within ``tol * scale`` (+ ``extra``)
+    (``gap``) decided again from ``exact(rows)`` in float64, a few rows at a time; and how
+    many rows that was."""
+    bound = tol * scale if extra is None else tol * scale + extra
+    amb = torch.nonzero(gap.abs_() <= bound).flatten()
     if amb.numel():
         z64, mat64, off64 = exact(amb)
         rows = max(1, _SCORE_ELEMS // max(1, mat64.shape[1]))
         for r0 in range(0, amb.numel(), rows):
             sub = slice(r0, r0 + rows)
             idx[amb[sub]] = tiled_best(z64[sub], mat64, off64, largest, tile)[0]
-    return idx
+    return idx, int(amb.numel())
 
 
 def decision_tol(dtype: torch.dtype, depth: int) -> float:

@@ -130,6 +130,7 @@ class Pass2Tables:
     v64: torch.Tensor | None = None  # (d, k) float64 V
     fused: object | None = None  # updates._Fused, built on first use (few classes)
     cert: object | None = None  # certify.Certifier, built on first use (with a classifier)
+    low: dict = field(default_factory=dict)  # kernels.LowPrecision scores, built on first use
     # given centres nu (ncc_means)
     nu_t: torch.Tensor | None = None  # (d, C) compute dtype: -2 (nu - g)^T
     nu_q: torch.Tensor | None = None  # (C,) compute dtype: ||nu_c - g||^2

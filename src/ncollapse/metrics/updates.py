@@ -15,27 +15,34 @@ import torch
 from ncollapse import validation as V
 from ncollapse.metrics.certify import Certifier
 from ncollapse.metrics.kernels import (
+    LowPrecision,
     bulk_rows,
     checked_best,
     checked_scores,
     chunk_rows,
     class_tile,
+    fast_low_precision,
     gather_sub,
 )
 from ncollapse.metrics.tables import Classifier, Pass2Tables
 
-__all__ = ["update_pass1", "update_pass2", "update_ood", "classify"]
+__all__ = ["update_pass1", "update_pass2", "update_ood", "classify", "low_precision"]
 
 _F64 = torch.float64
 
 
 def classify(clf: Classifier, hc: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
              beta_max: float, tol: float, tile: int | None,
-             znorm: torch.Tensor | None = None) -> torch.Tensor:
+             znorm: torch.Tensor | None = None, low: LowPrecision | None = None
+             ) -> torch.Tensor:
     """argmax_c (w_c.h + b_c) per row, as (h - g).w_c + beta_c with beta = W g + b (compute
     dtype), over class tiles; rows within rounding of a tie are decided in float64.
-    ``znorm``: an upper bound of ||h - g|| per row (computed when not given)."""
-    z = hc - g
+    ``znorm``: an upper bound of ||h - g|| per row (computed when not given); ``low``:
+    bfloat16 copies of W^T and beta (``low_precision``)."""
+    if znorm is None or low is None or not low.on:
+        z = hc - g
+    else:  # rounded once, straight to bfloat16 (within the bound of ``low``)
+        z = torch.sub(hc, g, out=torch.empty(hc.shape, dtype=low.dtype, device=hc.device))
     if znorm is None:
         znorm = torch.linalg.vector_norm(z, dim=1)
     scale = beta_max + clf.wmax * znorm
@@ -46,7 +53,18 @@ def classify(clf: Classifier, hc: torch.Tensor, g: torch.Tensor, beta: torch.Ten
 
     c = clf.weight.shape[0]
     return checked_best(z, clf.wt, beta, True, class_tile(z.shape[0], c, tile), scale, tol,
-                        exact)
+                        exact, low=low)
+
+
+def low_precision(cache: dict, key: str, mat: torch.Tensor, offset: torch.Tensor | None,
+                  tol: float) -> LowPrecision | None:
+    """The bfloat16 scores of ``cache[key]`` (built on first use) where they are fast and
+    the decisions are checked (float32 compute: ``tol > 0``), else None."""
+    if tol <= 0 or not fast_low_precision(mat.device):
+        return None
+    if key not in cache:
+        cache[key] = LowPrecision(mat, offset)
+    return cache[key]
 
 
 def update_pass1(st: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor,
@@ -166,6 +184,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
     fused = _fused(tab, clf, h.dtype) if use_w else None
     cert = _certifier(tab, clf, tile, fused) if use_w else None
+    low = low_precision(tab.low, "logits", clf.wt, beta, tab.tol) if use_w else None
     nc1 = None if tab.scatter else torch.zeros_like(st["nc1"])
     ss = torch.zeros_like(st["ss"])
     wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
@@ -179,8 +198,11 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         if cert is not None and (rad := cert.radius(yc)) is not None:
             open_rows = torch.nonzero(xn >= rad).flatten()  # decisions not certified
             cert.count(yc.numel(), yc.numel() - open_rows.numel())
-        # [V |] W^T in one product, unless most decisions are certified without the logits
-        fuse = fused is not None and (open_rows is None or 2 * open_rows.numel() > yc.numel())
+        # [V |] W^T in one product (few classes), unless most decisions are certified or
+        # the logits come cheaper from bfloat16 products
+        few_open = open_rows is not None and 2 * open_rows.numel() <= yc.numel()
+        fuse = fused is not None and (cert is None or (
+            not few_open and (low is None or not low.on)))
         prod = x @ fused.basis if fuse else None
         if tab.scatter:
             _add_scatter(st["scatter"], x)
@@ -196,13 +218,16 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
             pred = _classify_fused(fused, clf, prod, hc, yc, xn, tab.tol)
         elif use_w and open_rows is not None:  # certified rows are decided: their label
             pred = yc.clone()
-            if open_rows.numel():
+            if open_rows.numel() == yc.numel():  # no copies of the rows when all are open
+                pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile,
+                                xn + torch.index_select(tab.ag_norm, 0, yc), low)
+            elif open_rows.numel():
                 pred[open_rows] = classify(
                     clf, hc[open_rows], tab.g, beta, beta_max, tab.tol, tile,
-                    xn[open_rows] + torch.index_select(tab.ag_norm, 0, yc[open_rows]))
+                    xn[open_rows] + torch.index_select(tab.ag_norm, 0, yc[open_rows]), low)
         elif use_w:
             pred = classify(clf, hc, tab.g, beta, beta_max, tab.tol, tile,
-                            xn + torch.index_select(tab.ag_norm, 0, yc))
+                            xn + torch.index_select(tab.ag_norm, 0, yc), low)
         else:
             pred = lg[i:i + step].argmax(1)
         mismatch += (pred != ncc).sum()
@@ -293,16 +318,21 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
 
         return checked_best(z, tab.nu_t, tab.nu_q, False,
                             class_tile(z.shape[0], tab.nu_t.shape[1], tile), scale, tab.tol,
-                            exact_nu)
+                            exact_nu, low=low_precision(tab.low, "ncc", tab.nu_t, tab.nu_q,
+                                                        tab.tol))
     pred = yc.clone()
     pn = xn if proj is None else torch.linalg.vector_norm(proj, dim=1)
     unc = torch.nonzero(pn >= torch.index_select(tab.radius, 0, yc)).flatten()
     if unc.numel():
-        hu, yu = hc[unc], yc[unc]
-        pu = x[unc] @ tab.v_t if proj is None else proj[unc]
+        every = unc.numel() == yc.numel()  # no copies of the rows when all are open
+        hu, yu = (hc, yc) if every else (hc[unc], yc[unc])
+        if proj is None:
+            pu = (x if every else x[unc]) @ tab.v_t
+        else:
+            pu = proj if every else proj[unc]
         t = pu + torch.index_select(tab.a_table, 0, yu)
-        scale = (tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
-                 + 2.0 * tab.s_drop * xn[unc] / max(tab.tol, 1e-300))
+        scale = tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
+        dropped = 2.0 * tab.s_drop * (xn if every else xn[unc])  # the dropped spectrum
 
         def exact(rows: torch.Tensor):
             if tab.mt_m2 is None:
@@ -311,6 +341,9 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
 
         idx = checked_best(t, tab.su_t, tab.q, False,
                            class_tile(t.shape[0], tab.su_t.shape[1], tile), scale, tab.tol,
-                           exact)
+                           exact, dropped, low_precision(tab.low, "ncc", tab.su_t, tab.q,
+                                                         tab.tol))
+        if every:
+            return torch.index_select(tab.stats.present, 0, idx)
         pred[unc] = tab.stats.present[idx]
     return pred
