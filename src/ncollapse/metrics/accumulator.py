@@ -281,6 +281,7 @@ class NCAccumulator:
         self.sync()
         if self.phase == 2:
             self._closed = True
+            self._tables.release()  # no more pass-2 updates: their working copies can go
         st = self._tables.stats if self.phase == 2 else self._mean_stats()
         V.warn_absent_classes(self._state["counts"])
         V.warn_low_dimension(self.dim, st.cp)

@@ -84,6 +84,7 @@ class Certifier:
         self.certified += certified
         if self.checked >= _TRIAL_ROWS and self.certified < _MIN_RATE * self.checked:
             self.active = False
+            self.wt = self.bias_st = None  # the score copies are not needed any more
 
     def _compute(self, cls: torch.Tensor) -> None:
         clf = self.clf

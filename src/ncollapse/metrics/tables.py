@@ -137,6 +137,12 @@ class Pass2Tables:
     nu64: torch.Tensor | None = None  # (C, d) float64: nu - g
     nu_max: float = 0.0
 
+    def release(self) -> None:
+        """Drop the working copies built during pass 2 (fused table, certification radii,
+        bfloat16 scores); the statistics stay."""
+        self.low.clear()
+        self.cert = self.fused = None
+
 
 def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
                 ncc_means: torch.Tensor | None, tol: float, scatter_ok: bool = True
