@@ -5,8 +5,10 @@ TensorBoard logger, measured on the pooled representation the classification hea
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
     EventAccumulator,
 )
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -33,26 +35,19 @@ from ncollapse.integrations.transformers import (  # noqa: E402
 )
 from ncollapse.rundir import load_run  # noqa: E402
 
-CLASSES, LENGTH, VOCAB = 3, 8, 40
+
+def _load_example():
+    """The dataset of examples/hf_trainer.py (sequences whose tokens come mostly from their
+    class's third of the vocabulary), imported from the example itself."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+    spec = importlib.util.spec_from_file_location("ncollapse_example_hf_trainer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class TokenClasses(Dataset):
-    """Sequences whose tokens are drawn mostly from their class's third of the vocabulary."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(n) % CLASSES
-        own = self.labels[:, None] * (VOCAB // CLASSES) + torch.randint(
-            1, VOCAB // CLASSES, (n, LENGTH), generator=g)
-        noise = torch.randint(1, VOCAB, (n, LENGTH), generator=g)
-        self.ids = torch.where(torch.rand(n, LENGTH, generator=g) < 0.8, own, noise)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(LENGTH, dtype=torch.long),
-                "labels": self.labels[i]}
+_HF = _load_example()
+TokenClasses, CLASSES, VOCAB = _HF.TokenClasses, _HF.CLASSES, _HF.VOCAB
 
 
 def tiny_bert() -> BertForSequenceClassification:
