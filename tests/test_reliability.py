@@ -161,6 +161,31 @@ def test_lock_is_released_on_every_exit(tmp_path, monkeypatch):
     assert load_run(out).state == "finished"
 
 
+def test_a_refusal_names_a_holder_that_has_not_written_its_record_yet(tmp_path):
+    """The race of two runs started together: the winner holds the lock but its record is still
+    empty when the loser looks. The loser waits for the record and names the winner's pid."""
+    import fcntl
+    import threading
+
+    from ncollapse.rundir.lock import RunLock, RunLocked
+
+    (tmp_path / ".lock").write_text("")
+    fd = os.open(tmp_path / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, record empty
+    record = json.dumps({"pid": 424242, "host": "h"}) + "\n"
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, record.encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(RunLocked, match="in use by process 424242 on h"):
+            RunLock(tmp_path).acquire()
+        os.ftruncate(fd, 0)  # a holder that never writes a record is "another process"
+        with pytest.raises(RunLocked, match="in use by another process"):
+            RunLock(tmp_path).acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 # ----------------------------------------------------------------------------- 5. user files
 
 

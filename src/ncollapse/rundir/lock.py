@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,13 +85,21 @@ class RunLock:
         self.release()
 
 
-def _describe_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or "pid" not in info:
-        return "another process"
+def _describe_holder(fd: int, wait: float = 1.0) -> str:
+    """Who holds the lock, from the file's record. A holder that has just taken the lock may
+    not have written its record yet, so an empty or partial record is read again for up to
+    ``wait`` seconds before the holder is called "another process"."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if isinstance(info, dict) and "pid" in info:
+            break
+        if time.monotonic() >= deadline:
+            return "another process"
+        time.sleep(0.02)
     where = f" on {info['host']}" if info.get("host") else ""
     since = f" since {info['started']}" if info.get("started") else ""
     command = f" ({info['command']})" if info.get("command") else ""
