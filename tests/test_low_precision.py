@@ -79,6 +79,34 @@ def test_rows_on_boundaries_exact(scores):
     assert m.accuracy == acc and m.ncc_mismatch == mis
 
 
+def test_rows_on_nearest_centre_boundaries_exact(scores):
+    """Rows moved to within 1e-6 of the bisector of their two nearest class means (a partner
+    row of the same class moved the opposite way, so the means stay): the nearest-centre
+    decisions are those of float64."""
+    h, y, w, b = _uncollapsed(6000, 24, 1200, seed=8)
+    h64 = h.double()
+    means = torch.stack([h64[y == k].mean(0) for k in range(1200)])
+    moved = 0
+    for k in range(1000):
+        rows = torch.nonzero(y == k).flatten()
+        if rows.numel() < 2:
+            continue
+        i, j = int(rows[0]), int(rows[1])
+        a, o = torch.cdist(h64[i:i + 1], means)[0].topk(2, largest=False).indices.tolist()
+        normal = means[o] - means[a]
+        mid = 0.5 * (means[o] + means[a])
+        side = (1.0 if k % 2 else -1.0) * 1e-6 / normal.norm()
+        target = h64[i] - ((h64[i] - mid) @ normal / (normal @ normal) - side) * normal
+        h64[j] += h64[i] - target
+        h64[i] = target
+        moved += 1
+    assert moved > 500
+    h = h64.float()
+    m = measure(h, y, weight=w, bias=b)
+    acc, mis = _reference(h, y, w, b)
+    assert m.accuracy == acc and m.ncc_mismatch == mis
+
+
 def test_switches_off_when_scores_are_too_close(monkeypatch):
     """Classifier rows nearly equal: every row is within bfloat16 rounding of a tie, so the
     bfloat16 scores are given up after their trial rows; decisions stay exact."""
@@ -95,8 +123,10 @@ def test_switches_off_when_scores_are_too_close(monkeypatch):
             acc.update(h[i:i + 4000], y[i:i + 4000])
         if acc.phase == 1:
             acc.begin_second_pass()
-    low = acc._tables.low["logits"]
-    assert not low.on and low.rows < n
+    used = {k: lp for k, lp in acc._tables.low.items() if lp.rows}
+    assert used  # the logits alone, or jointly with the nearest-centre scores (two per row)
+    for key, low in used.items():
+        assert not low.on and low.rows < (2 if key == "joint" else 1) * n, key
     m = acc.compute()
     ref_acc, ref_mis = _reference(h, y, w, None)
     assert m.accuracy == ref_acc and m.ncc_mismatch == ref_mis

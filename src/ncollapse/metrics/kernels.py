@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.distributed as dist
 
 __all__ = ["class_means", "compute_dtype", "chunk_rows", "gather_sub", "spectrum",
            "tiled_best", "checked_best", "checked_scores", "decision_tol", "dist_active",
-           "class_tile", "LowPrecision", "fast_low_precision"]
+           "class_tile", "LowPrecision", "fast_low_precision", "Head", "joint_best"]
 
 _F64 = torch.float64
 _CHUNK_ELEMS = 1 << 18  # float32 feature elements per chunk (1 MiB)
@@ -219,6 +220,50 @@ def checked_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None
     if tol <= 0 or mat.shape[1] < 2:
         return idx
     return _redecide(idx, best - second, largest, scale, tol, exact, tile, extra)[0]
+
+
+@dataclass
+class Head:
+    """One decision read from a column range [start, stop) of a joint score product, with
+    its error scale per row, relative tolerance and float64 re-decision (as in
+    ``checked_best``)."""
+
+    start: int
+    stop: int
+    largest: bool
+    scale: torch.Tensor
+    tol: float
+    exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def joint_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor, heads: list[Head],
+               low: LowPrecision | None = None) -> list[torch.Tensor]:
+    """Several decisions from one product ``z @ mat + offset`` (each head a column range of
+    ``mat``): one wide matrix product instead of one per decision, exact as ``checked_best``.
+    ``low``: bfloat16 copies of ``mat`` and ``offset`` (its rounding bound replaces the
+    heads' tolerances)."""
+    lp = low is not None and low.on
+    if lp:
+        s = torch.addmm(low.offset, z.to(low.dtype), low.mat).float()
+    else:
+        s = torch.addmm(offset, z if z.dtype == mat.dtype else z.to(mat.dtype), mat)
+    out, amb_all = [], 0
+    for hd in heads:
+        if hd.stop - hd.start < 2:
+            out.append(torch.zeros(z.shape[0], dtype=torch.int64, device=z.device))
+            continue
+        t1, ind, t2 = _top2(s[:, hd.start:hd.stop], hd.largest)
+        tol = low.tol if lp else hd.tol
+        if tol <= 0:
+            out.append(ind[:, 0])
+            continue
+        idx, amb = _redecide(ind[:, 0], t1 - t2, hd.largest, hd.scale, tol, hd.exact,
+                             hd.stop - hd.start)
+        out.append(idx)
+        amb_all += amb
+    if lp:
+        low.record(z.shape[0] * len(heads), amb_all)
+    return out
 
 
 class LowPrecision:

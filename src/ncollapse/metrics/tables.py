@@ -129,6 +129,7 @@ class Pass2Tables:
     v_t: torch.Tensor | None = None  # (d, k) compute dtype V, for the rows needing projections
     v64: torch.Tensor | None = None  # (d, k) float64 V
     fused: object | None = None  # updates._Fused, built on first use (few classes)
+    joint: object | None = None  # updates._Joint (or False: not worth it), built on first use
     cert: object | None = None  # certify.Certifier, built on first use (with a classifier)
     low: dict = field(default_factory=dict)  # kernels.LowPrecision scores, built on first use
     # given centres nu (ncc_means)
@@ -138,10 +139,10 @@ class Pass2Tables:
     nu_max: float = 0.0
 
     def release(self) -> None:
-        """Drop the working copies built during pass 2 (fused table, certification radii,
-        bfloat16 scores); the statistics stay."""
+        """Drop the working copies built during pass 2 (fused and joint tables,
+        certification radii, bfloat16 scores); the statistics stay."""
         self.low.clear()
-        self.cert = self.fused = None
+        self.cert = self.fused = self.joint = None
 
 
 def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,

@@ -15,6 +15,7 @@ import torch
 from ncollapse import validation as V
 from ncollapse.metrics.certify import Certifier
 from ncollapse.metrics.kernels import (
+    Head,
     LowPrecision,
     bulk_rows,
     checked_best,
@@ -23,6 +24,7 @@ from ncollapse.metrics.kernels import (
     class_tile,
     fast_low_precision,
     gather_sub,
+    joint_best,
 )
 from ncollapse.metrics.tables import Classifier, Pass2Tables
 
@@ -210,6 +212,14 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         else:
             proj = x @ tab.v_t if prod is None else prod[:, :tab.v_t.shape[1]]
             nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
+        # most rows open to both decisions: one product for both (shared operand h - g)
+        if use_w and not fuse and _joint_wanted(tab, yc, open_rows, proj, xn) and (
+                joint := _joint(tab, clf, beta, h.dtype)) is not None:
+            ncc, pred = _decide_joint(joint, tab, clf, hc, yc, xn, beta_max)
+            wrong += (ncc != yc).sum()
+            mismatch += (pred != ncc).sum()
+            correct += (pred == yc).sum()
+            continue
         ncc = _ncc(tab, hc, yc, x, proj, xn, tile)
         wrong += (ncc != yc).sum()
         if not classify_on:
@@ -254,6 +264,89 @@ class _Fused:
     table: torch.Tensor  # (C, C): w_c.a_y + b_c - (w_y.a_y + b_y), row y, compute dtype
     scale: torch.Tensor  # (C,) max_c |table[y, c]|
     width: int  # C
+
+
+@dataclass
+class _Joint:
+    """Both decisions from one product (h - g) [W^T | N], N the nearest-centre matrix
+    -2 (centre_c - g)^T over the candidate centres; offsets [W g + b | ||centre_c - g||^2]."""
+
+    mat: torch.Tensor  # (d, C + m) compute dtype
+    offset: torch.Tensor  # (C + m,) compute dtype
+    classes: int  # C
+    centre_max: float  # max_c ||centre_c - g||
+    exact_ncc: object  # rows -> (z64, mat64, offset64) for the nearest-centre head
+
+
+def _joint_wanted(tab: Pass2Tables, yc: torch.Tensor, open_rows: torch.Tensor | None,
+                  proj: torch.Tensor | None, xn: torch.Tensor) -> bool:
+    """Whether at least 3/4 of the chunk's rows need both the logits and the nearest-centre
+    scores (then one joint product over all rows costs less than two)."""
+    rows = yc.numel()
+    if open_rows is not None and 4 * open_rows.numel() < 3 * rows:
+        return False
+    if tab.nu_t is not None:
+        return True
+    pn = xn if proj is None else torch.linalg.vector_norm(proj, dim=1)
+    return 4 * int((pn >= torch.index_select(tab.radius, 0, yc)).sum()) >= 3 * rows
+
+
+def _joint(tab: Pass2Tables, clf: Classifier, beta: torch.Tensor, ct: torch.dtype
+           ) -> _Joint | None:
+    """The joint product's matrices (built on first use); None where it does not pay: many
+    columns (the class tiles are wide already), or the nearest-centre scores over d
+    coordinates cost much more than over the k of the means' span."""
+    if tab.joint is None:
+        tab.joint = False
+        d, c = clf.wt.shape
+        m = tab.stats.cp if tab.nu_t is None else tab.nu_t.shape[1]
+        if c + m <= 8192 and (tab.nu_t is not None or 4 * tab.vt.shape[0] >= 3 * d):
+            g64 = tab.g.to(_F64)
+            if tab.nu_t is not None:
+                cm, q, cmax = tab.nu_t, tab.nu_q, tab.nu_max
+                nu64 = tab.nu64
+
+                def exact(rows: torch.Tensor, hc: torch.Tensor):
+                    return hc[rows].to(_F64) - g64, -2.0 * nu64.T, (nu64 * nu64).sum(1)
+            else:
+                mg = tab.stats.mt + (tab.stats.mu_g - g64)  # centre_c - g, float64
+                cm, q = (-2.0 * mg).to(ct).T, tab.q
+                cmax = float(torch.linalg.vector_norm(mg, dim=1).max())
+                del mg
+                stats = tab.stats
+
+                def exact(rows: torch.Tensor, hc: torch.Tensor):
+                    if tab.mt_m2 is None:
+                        tab.mt_m2 = -2.0 * stats.mt.T
+                    return hc[rows].to(_F64) - stats.mu_g, tab.mt_m2, tab.q64
+            tab.joint = _Joint(torch.cat([clf.wt, cm], dim=1).T.contiguous().T,
+                               torch.cat([beta, q]), c, cmax, exact)
+    return tab.joint or None
+
+
+def _decide_joint(j: _Joint, tab: Pass2Tables, clf: Classifier, hc: torch.Tensor,
+                  yc: torch.Tensor, xn: torch.Tensor, beta_max: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nearest-centre, classifier) decisions (class ids) of a chunk from the joint product."""
+    low = low_precision(tab.low, "joint", j.mat, j.offset, tab.tol)
+    znorm = xn + torch.index_select(tab.ag_norm, 0, yc)  # >= ||h - g||
+    if low is None or not low.on:
+        z = hc - tab.g
+    else:  # rounded once, straight to bfloat16 (within the bound of ``low``)
+        z = torch.sub(hc, tab.g, out=torch.empty(hc.shape, dtype=low.dtype, device=hc.device))
+    g64 = tab.g.to(_F64)
+
+    def exact_clf(rows: torch.Tensor):
+        return hc[rows].to(_F64) - g64, clf.weight.T, clf.offsets(g64)
+
+    c, cols = j.classes, j.mat.shape[1]
+    heads = [Head(0, c, True, beta_max + clf.wmax * znorm, tab.tol, exact_clf),
+             Head(c, cols, False, tab.q_max + 2.0 * j.centre_max * znorm, tab.tol,
+                  lambda rows: j.exact_ncc(rows, hc))]
+    pred, near = joint_best(z, j.mat, j.offset, heads, low)
+    if tab.nu_t is None:
+        near = torch.index_select(tab.stats.present, 0, near)
+    return near, pred
 
 
 def _certifier(tab: Pass2Tables, clf: Classifier, tile: int | None,
