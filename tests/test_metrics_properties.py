@@ -119,8 +119,12 @@ def test_batch_splitting(data, sizes, dtype):
     got = acc.compute().to_dict()
     want = measure(h, y, weight=w, bias=b).to_dict()
     rtol = 1e-9 if dtype == np.float64 else 1e-6
+    # uniform_duality is std / mean of cosines (close to 1 here): its relative condition number
+    # is about 1 / value, so with float32 inputs (cosines good to ~1e-8 whatever the batching)
+    # it is held to an absolute 1e-7 as well (seen: 0.0058059906 against 0.0058059839)
+    atol = {"uniform_duality": 1e-7} if dtype == np.float32 else {}
     for key, val in want.items():
-        assert close(got[key], val, rtol), (key, got[key], val)
+        assert close(got[key], val, rtol, atol.get(key, 1e-12)), (key, got[key], val)
 
 
 @SETTINGS
