@@ -157,9 +157,14 @@ def tiled_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor | None,
     lose2 = torch.minimum if largest else torch.maximum
     for c0 in range(0, cols, tile):
         c1 = min(cols, c0 + tile)
-        s = z @ mat[:, c0:c1] if offset is None else torch.addmm(offset[c0:c1], z, mat[:, c0:c1])
-        if s.dtype != sdt:
-            s = s.to(sdt)
+        if offset is not None and offset.dtype == z.dtype:
+            s = torch.addmm(offset[c0:c1], z, mat[:, c0:c1])
+        else:  # (a low-precision product: widened, then its offset added in float32)
+            s = z @ mat[:, c0:c1]
+            if s.dtype != sdt:
+                s = s.to(sdt)
+            if offset is not None:
+                s.add_(offset[c0:c1])
         if c1 - c0 >= 2:
             t1, ind, t2 = _top2(s, largest)
         else:
@@ -237,16 +242,26 @@ class Head:
 
 
 def joint_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor, heads: list[Head],
-               low: LowPrecision | None = None) -> list[torch.Tensor]:
+               low: LowPrecision | None = None, work: dict | None = None
+               ) -> list[torch.Tensor]:
     """Several decisions from one product ``z @ mat + offset`` (each head a column range of
     ``mat``): one wide matrix product instead of one per decision, exact as ``checked_best``.
     ``low``: bfloat16 copies of ``mat`` and ``offset`` (its rounding bound replaces the
-    heads' tolerances)."""
+    heads' tolerances). ``work``: a dict keeping the score buffer from one call to the next
+    (a fresh multi-MiB buffer per call costs as much as filling it)."""
     lp = low is not None and low.on
-    if lp:
-        s = torch.addmm(low.offset, z.to(low.dtype), low.mat).float()
+    rows, cols = z.shape[0], mat.shape[1]
+    sdt = torch.float32 if lp else mat.dtype
+    buf = None if work is None else work.get("scores")
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != sdt:
+        buf = torch.empty(rows, cols, dtype=sdt, device=z.device)
+        if work is not None:
+            work["scores"] = buf
+    s = buf[:rows]
+    if lp:  # float32 scores: the bfloat16 product widened, then the offset added
+        s.copy_(torch.mm(z.to(low.dtype), low.mat)).add_(low.offset)
     else:
-        s = torch.addmm(offset, z if z.dtype == mat.dtype else z.to(mat.dtype), mat)
+        torch.addmm(offset, z if z.dtype == mat.dtype else z.to(mat.dtype), mat, out=s)
     out, amb_all = [], 0
     for hd in heads:
         if hd.stop - hd.start < 2:
@@ -269,16 +284,17 @@ def joint_best(z: torch.Tensor, mat: torch.Tensor, offset: torch.Tensor, heads: 
 class LowPrecision:
     """bfloat16 copies of a score matrix (d, C) and offset (C,) for ``checked_best``, where
     bfloat16 products are fast: each score is then within 2^-6 (||z|| ||m_c|| + |offset_c|)
-    of the exact one (inputs and output rounded to 8 significant bits, float32 accumulation;
-    ``scale`` must bound that sum), so two scores within ``tol * scale`` with tol = 2^-5 +
-    4 (d + 2) 2^-24 are decided again in float64. When more than a quarter of the first
-    8,192 rows need that (scores too close for bfloat16), it switches itself off."""
+    of the exact one (inputs and product rounded to 8 significant bits, float32 accumulation,
+    the offset added in float32; ``scale`` must bound that sum), so two scores within
+    ``tol * scale`` with tol = 2^-5 + 4 (d + 2) 2^-24 are decided again in float64. When
+    more than a quarter of the first 8,192 rows need that (scores too close for bfloat16),
+    it switches itself off."""
 
     dtype = torch.bfloat16
 
     def __init__(self, mat: torch.Tensor, offset: torch.Tensor | None) -> None:
         self.mat = mat.to(self.dtype)
-        self.offset = None if offset is None else offset.to(self.dtype)
+        self.offset = None if offset is None else offset.float()  # added to the products
         self.tol = 2.0 ** -5 + 4.0 * (mat.shape[0] + 2) * 2.0 ** -24
         self.rows = self.ambiguous = 0
         self.on = True

@@ -101,15 +101,18 @@ class Pass2Tables:
 
     Pass 2 works with x = h - a_y, a = the class means rounded to the compute dtype
     (``anchor``); e = mu - a is tiny and enters through exact per-class corrections. NC1 uses
-    proj = x V (V: right singular vectors of M~); nearest-centre scores over class tiles use
-    t = (h - g) V = proj + A_y with g = mu_G rounded, A = (a - g) V.
+    the scaled projections x V S^-1 (V, S: right singular vectors and values of M~);
+    nearest-centre scores over class tiles use t = (h - g) V = x V + A_y with g = mu_G
+    rounded, A = (a - g) V, or (with the logits, in one product) the scores of h - g against
+    the means themselves.
     """
 
     stats: MeanStats
     pos: torch.Tensor  # (C,) position among the present classes, -1 if absent
     anchor: torch.Tensor  # (C, d) compute dtype (absent rows zero)
     vt: torch.Tensor  # (k, d) compute dtype, V^T
-    inv_s: torch.Tensor  # (k,) compute dtype
+    vs_t: torch.Tensor  # (d, k) compute dtype, V S^-1 (NC1's scaled projections x V S^-1)
+    s_ct: torch.Tensor  # (k,) compute dtype, S
     s: torch.Tensor  # (k,) float64
     s_drop: float
     nc1_corr: torch.Tensor  # (C,) ||e_c V / s||^2
@@ -172,7 +175,7 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
     g64 = g.to(_F64)
     tab = Pass2Tables(
         stats=stats, pos=pos, anchor=anchor, vt=v.T.to(ct).contiguous(),
-        inv_s=(1.0 / s).to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
+        vs_t=(v / s).to(ct), s_ct=s.to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
         ss_corr=torch.linalg.vecdot(e, e), g=g,
         ag_norm=(torch.linalg.vector_norm(anchor.to(_F64) - g64, dim=1) * (1 + 1e-5)).to(ct),
         radius=None, a_table=None, su_t=None, q=None,

@@ -184,9 +184,10 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
     if use_w:
         beta64 = clf.offsets(tab.g.to(_F64))
         beta, beta_max = beta64.to(h.dtype), float(beta64.abs().max())
-    fused = _fused(tab, clf, h.dtype) if use_w else None
-    cert = _certifier(tab, clf, tile, fused) if use_w else None
+    few = use_w and clf.weight.shape[0] ** 2 <= 1 << 20  # the fused product is possible
+    cert = _certifier(tab, clf, tile, few) if use_w else None
     low = low_precision(tab.low, "logits", clf.wt, beta, tab.tol) if use_w else None
+    work: dict = {}  # buffers kept from one chunk to the next
     nc1 = None if tab.scatter else torch.zeros_like(st["nc1"])
     ss = torch.zeros_like(st["ss"])
     wrong, mismatch, correct = (torch.zeros((), dtype=torch.int64, device=h.device)
@@ -203,19 +204,19 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
         # [V |] W^T in one product (few classes), unless most decisions are certified or
         # the logits come cheaper from bfloat16 products
         few_open = open_rows is not None and 2 * open_rows.numel() <= yc.numel()
-        fuse = fused is not None and (cert is None or (
-            not few_open and (low is None or not low.on)))
+        fuse = few and (cert is None or (not few_open and (low is None or not low.on)))
+        fused = _fused(tab, clf, h.dtype) if fuse else None
         prod = x @ fused.basis if fuse else None
         if tab.scatter:
             _add_scatter(st["scatter"], x)
             proj = None
         else:
-            proj = x @ tab.v_t if prod is None else prod[:, :tab.v_t.shape[1]]
-            nc1.index_add_(0, yc, (proj * tab.inv_s).square_().sum(1, dtype=_F64))
+            proj = x @ tab.vs_t if prod is None else prod[:, :tab.vs_t.shape[1]]  # x V S^-1
+            nc1.index_add_(0, yc, torch.linalg.vector_norm(proj, dim=1).to(_F64).square_())
         # most rows open to both decisions: one product for both (shared operand h - g)
-        if use_w and not fuse and _joint_wanted(tab, yc, open_rows, proj, xn) and (
+        if use_w and not fuse and _joint_wanted(tab, yc, open_rows, xn) and (
                 joint := _joint(tab, clf, beta, h.dtype)) is not None:
-            ncc, pred = _decide_joint(joint, tab, clf, hc, yc, xn, beta_max)
+            ncc, pred = _decide_joint(joint, tab, clf, hc, yc, xn, beta_max, work)
             wrong += (ncc != yc).sum()
             mismatch += (pred != ncc).sum()
             correct += (pred == yc).sum()
@@ -258,7 +259,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
 
 @dataclass
 class _Fused:
-    """Few classes (C^2 <= 2^20): one product x [V | W^T] per chunk and a C x C table."""
+    """Few classes (C^2 <= 2^20): one product x [V S^-1 | W^T] per chunk and a C x C table."""
 
     basis: torch.Tensor  # (d, k + C) or (d, C) compute dtype
     table: torch.Tensor  # (C, C): w_c.a_y + b_c - (w_y.a_y + b_y), row y, compute dtype
@@ -279,7 +280,7 @@ class _Joint:
 
 
 def _joint_wanted(tab: Pass2Tables, yc: torch.Tensor, open_rows: torch.Tensor | None,
-                  proj: torch.Tensor | None, xn: torch.Tensor) -> bool:
+                  xn: torch.Tensor) -> bool:
     """Whether at least 3/4 of the chunk's rows need both the logits and the nearest-centre
     scores (then one joint product over all rows costs less than two)."""
     rows = yc.numel()
@@ -287,8 +288,8 @@ def _joint_wanted(tab: Pass2Tables, yc: torch.Tensor, open_rows: torch.Tensor | 
         return False
     if tab.nu_t is not None:
         return True
-    pn = xn if proj is None else torch.linalg.vector_norm(proj, dim=1)
-    return 4 * int((pn >= torch.index_select(tab.radius, 0, yc)).sum()) >= 3 * rows
+    # ||x|| >= ||x V||: a row below the radius by ||x|| needs no nearest-centre scores
+    return 4 * int((xn >= torch.index_select(tab.radius, 0, yc)).sum()) >= 3 * rows
 
 
 def _joint(tab: Pass2Tables, clf: Classifier, beta: torch.Tensor, ct: torch.dtype
@@ -325,7 +326,7 @@ def _joint(tab: Pass2Tables, clf: Classifier, beta: torch.Tensor, ct: torch.dtyp
 
 
 def _decide_joint(j: _Joint, tab: Pass2Tables, clf: Classifier, hc: torch.Tensor,
-                  yc: torch.Tensor, xn: torch.Tensor, beta_max: float
+                  yc: torch.Tensor, xn: torch.Tensor, beta_max: float, work: dict
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(nearest-centre, classifier) decisions (class ids) of a chunk from the joint product."""
     low = low_precision(tab.low, "joint", j.mat, j.offset, tab.tol)
@@ -343,18 +344,18 @@ def _decide_joint(j: _Joint, tab: Pass2Tables, clf: Classifier, hc: torch.Tensor
     heads = [Head(0, c, True, beta_max + clf.wmax * znorm, tab.tol, exact_clf),
              Head(c, cols, False, tab.q_max + 2.0 * j.centre_max * znorm, tab.tol,
                   lambda rows: j.exact_ncc(rows, hc))]
-    pred, near = joint_best(z, j.mat, j.offset, heads, low)
+    pred, near = joint_best(z, j.mat, j.offset, heads, low, work)
     if tab.nu_t is None:
         near = torch.index_select(tab.stats.present, 0, near)
     return near, pred
 
 
 def _certifier(tab: Pass2Tables, clf: Classifier, tile: int | None,
-               fused: _Fused | None) -> Certifier | None:
-    """The classifier certification of ``tab`` (built on first use); None where the
+               few: bool) -> Certifier | None:
+    """The classifier certification of ``tab`` (built on first use); None where the fused
     product is narrow (few classes and columns: the logits cost little next to reading
     the rows)."""
-    if fused is not None and fused.basis.shape[1] < 64:
+    if few and clf.weight.shape[0] + (0 if tab.scatter else tab.vs_t.shape[1]) < 64:
         return None
     if tab.cert is None:
         tab.cert = Certifier(clf, tab.anchor, tab.pos >= 0, tab.tol, tile)
@@ -368,7 +369,7 @@ def _fused(tab: Pass2Tables, clf: Classifier, ct: torch.dtype) -> _Fused | None:
     if tab.fused is None:
         t64 = clf.offsets_at(tab.anchor.to(_F64))
         t64 -= t64.diagonal()[:, None].clone()
-        cols = [clf.wt] if tab.scatter else [tab.v_t, clf.wt]
+        cols = [clf.wt] if tab.scatter else [tab.vs_t, clf.wt]
         tab.fused = _Fused(torch.cat(cols, dim=1).T.contiguous().T, t64.to(ct),
                            t64.abs().amax(1).to(ct), c)
     return tab.fused
@@ -397,8 +398,8 @@ def _add_scatter(acc: torch.Tensor, x: torch.Tensor, blocks: int = 4) -> None:
 
 def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
          proj: torch.Tensor | None, xn: torch.Tensor, tile: int | None) -> torch.Tensor:
-    """Nearest-class-centre decisions (class ids) of a chunk, exact. ``proj`` = x V, or None
-    (then ||x||, an upper bound of ||x V||, screens the rows and only the others project)."""
+    """Nearest-class-centre decisions (class ids) of a chunk, exact. ``proj`` = x V S^-1, or
+    None (then the rows left open by ||x|| >= ||x V|| are projected)."""
     if tab.nu_t is not None:
         g64 = tab.g.to(_F64)  # given centres: scores ||nu_c - g||^2 - 2 (h - g).(nu_c - g)
         z = hc - tab.g
@@ -414,16 +415,19 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
                             exact_nu, low=low_precision(tab.low, "ncc", tab.nu_t, tab.nu_q,
                                                         tab.tol))
     pred = yc.clone()
-    pn = xn if proj is None else torch.linalg.vector_norm(proj, dim=1)
-    unc = torch.nonzero(pn >= torch.index_select(tab.radius, 0, yc)).flatten()
+    rad = torch.index_select(tab.radius, 0, yc)
+    unc = torch.nonzero(xn >= rad).flatten()  # ||x|| >= ||x V||: the others are decided
+    if unc.numel() and proj is not None:  # screen again by ||x V|| itself
+        pu = (proj if unc.numel() == yc.numel() else proj[unc]) * tab.s_ct
+        keep = torch.linalg.vector_norm(pu, dim=1) >= rad[unc]
+        if not bool(keep.all()):
+            unc, pu = unc[keep], pu[keep]
     if unc.numel():
         every = unc.numel() == yc.numel()  # no copies of the rows when all are open
         hu, yu = (hc, yc) if every else (hc[unc], yc[unc])
         if proj is None:
             pu = (x if every else x[unc]) @ tab.v_t
-        else:
-            pu = proj if every else proj[unc]
-        t = pu + torch.index_select(tab.a_table, 0, yu)
+        t = pu.add_(torch.index_select(tab.a_table, 0, yu))
         scale = tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
         dropped = 2.0 * tab.s_drop * (xn if every else xn[unc])  # the dropped spectrum
 
