@@ -110,8 +110,8 @@ class Pass2Tables:
     stats: MeanStats
     pos: torch.Tensor  # (C,) position among the present classes, -1 if absent
     anchor: torch.Tensor  # (C, d) compute dtype (absent rows zero)
-    vt: torch.Tensor  # (k, d) compute dtype, V^T
-    vs_t: torch.Tensor  # (d, k) compute dtype, V S^-1 (NC1's scaled projections x V S^-1)
+    k: int  # singular directions kept
+    vs_t: torch.Tensor | None  # (d, k) compute dtype V S^-1: NC1's projections (not scatter)
     s_ct: torch.Tensor  # (k,) compute dtype, S
     s: torch.Tensor  # (k,) float64
     s_drop: float
@@ -129,7 +129,7 @@ class Pass2Tables:
     tol: float
     mt_m2: torch.Tensor | None = None  # -2 M~^T (or -2 (nu - g)^T), float64, built on first use
     scatter: bool = False  # NC1 from sum x x^T (k close to d) instead of per-row projections
-    v_t: torch.Tensor | None = None  # (d, k) compute dtype V, for the rows needing projections
+    v_t: torch.Tensor | None = None  # (d, k) compute dtype V: projections of open rows (scatter)
     v64: torch.Tensor | None = None  # (d, k) float64 V
     fused: object | None = None  # updates._Fused, built on first use (few classes)
     joint: object | None = None  # updates._Joint (or False: not worth it), built on first use
@@ -173,15 +173,16 @@ def build_pass2(stats: MeanStats, num_classes: int, ct: torch.dtype,
     pos[stats.sel] = torch.arange(stats.cp, device=dev)
     g = stats.mu_g.to(ct)
     g64 = g.to(_F64)
+    scatter = scatter_ok and ct == _F64 and v.shape[1] > 0.6 * d
     tab = Pass2Tables(
-        stats=stats, pos=pos, anchor=anchor, vt=v.T.to(ct).contiguous(),
-        vs_t=(v / s).to(ct), s_ct=s.to(ct), s=s, s_drop=s_drop, nc1_corr=((ev / s) ** 2).sum(1),
+        stats=stats, pos=pos, anchor=anchor, k=int(v.shape[1]),
+        vs_t=None if scatter else (v / s).to(ct), s_ct=s.to(ct), s=s, s_drop=s_drop,
+        nc1_corr=((ev / s) ** 2).sum(1),
         ss_corr=torch.linalg.vecdot(e, e), g=g,
         ag_norm=(torch.linalg.vector_norm(anchor.to(_F64) - g64, dim=1) * (1 + 1e-5)).to(ct),
         radius=None, a_table=None, su_t=None, q=None,
         q64=None, su_max=0.0, q_max=0.0, tol=tol,
-        scatter=scatter_ok and ct == _F64 and v.shape[1] > 0.6 * d)
-    tab.v_t, tab.v64 = tab.vt.T, v
+        scatter=scatter, v_t=v.T.to(ct).contiguous().T if scatter else None, v64=v)
     if ncc_means is None:
         su = stats.mt @ v  # (cp, k)
         rho = stats.pairs.nearest_sq.sqrt()

@@ -176,7 +176,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
     classify_on = use_w or lg is not None
     n, d = h.shape
     cp = tab.stats.cp
-    width = tab.vt.shape[0] + (cp if use_w else 0)
+    width = tab.k + (cp if use_w else 0)
     step = chunk_rows(d, width)
     if width < 64:  # narrow products (few classes): few, large operations (16 MiB of rows)
         step = max(step, min(n, (1 << 22) // max(1, d)))
@@ -211,7 +211,7 @@ def update_pass2(st: dict[str, torch.Tensor], tab: Pass2Tables, h: torch.Tensor,
             _add_scatter(st["scatter"], x)
             proj = None
         else:
-            proj = x @ tab.vs_t if prod is None else prod[:, :tab.vs_t.shape[1]]  # x V S^-1
+            proj = x @ tab.vs_t if prod is None else prod[:, :tab.k]  # x V S^-1
             nc1.index_add_(0, yc, torch.linalg.vector_norm(proj, dim=1).to(_F64).square_())
         # most rows open to both decisions: one product for both (shared operand h - g)
         if use_w and not fuse and _joint_wanted(tab, yc, open_rows, xn) and (
@@ -301,7 +301,7 @@ def _joint(tab: Pass2Tables, clf: Classifier, beta: torch.Tensor, ct: torch.dtyp
         tab.joint = False
         d, c = clf.wt.shape
         m = tab.stats.cp if tab.nu_t is None else tab.nu_t.shape[1]
-        if c + m <= 8192 and (tab.nu_t is not None or 4 * tab.vt.shape[0] >= 3 * d):
+        if c + m <= 8192 and (tab.nu_t is not None or 4 * tab.k >= 3 * d):
             g64 = tab.g.to(_F64)
             if tab.nu_t is not None:
                 cm, q, cmax = tab.nu_t, tab.nu_q, tab.nu_max
@@ -355,7 +355,7 @@ def _certifier(tab: Pass2Tables, clf: Classifier, tile: int | None,
     """The classifier certification of ``tab`` (built on first use); None where the fused
     product is narrow (few classes and columns: the logits cost little next to reading
     the rows)."""
-    if few and clf.weight.shape[0] + (0 if tab.scatter else tab.vs_t.shape[1]) < 64:
+    if few and clf.weight.shape[0] + (0 if tab.scatter else tab.k) < 64:
         return None
     if tab.cert is None:
         tab.cert = Certifier(clf, tab.anchor, tab.pos >= 0, tab.tol, tile)
