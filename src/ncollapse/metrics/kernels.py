@@ -85,7 +85,9 @@ def class_means(features: Any, labels: Any, num_classes: int) -> tuple[Any, Any]
     first.scatter_reduce_(0, y, torch.arange(n, device=h.device), reduce="amin")
     shift = h[first].to(_F64)
     sums = torch.zeros(num_classes, h.shape[1], dtype=_F64, device=h.device)
-    sums.index_add_(0, y, h.to(_F64) - shift[y])
+    step = chunk_rows(h.shape[1])  # float64 temporaries of a chunk of rows, not of all N
+    for i in range(0, n, step):
+        sums.index_add_(0, y[i:i + step], gather_sub(h[i:i + step], shift, y[i:i + step]))
     means = shift + sums / counts.to(_F64)[:, None]
     means[counts == 0] = math.nan
     return (means.cpu().numpy(), counts.cpu().numpy()) if is_np else (means, counts)
