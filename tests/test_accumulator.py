@@ -353,3 +353,40 @@ def test_state_loads_into_an_accumulator_without_arguments():
     other = NCAccumulator()
     other.merge(acc)
     assert bare.compute().to_dict() == other.compute().to_dict() == acc.compute().to_dict()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("second_pass", [False, True])
+def test_class_means_match_float64_means_in_either_pass(dtype, second_pass):
+    """``class_means()``: the per-class float64 means of the data fed (NaN for a class with no
+    sample) and the count-weighted global mean, whatever the batching and the pass, with a
+    large common offset; merged accumulators give the same."""
+    h, y, _, _ = synthetic(400, 12, 7, 0.3, offset=1e3, imbalanced=True, seed=3)
+    h = h.astype(dtype)
+    y = np.where(y == 4, 5, y)  # class 4 has no sample
+    h64 = h.astype(np.float64)
+    want = np.stack([h64[y == k].mean(0) if (y == k).any() else np.full(12, np.nan)
+                     for k in range(7)])
+    acc = NCAccumulator(num_classes=7, second_pass=second_pass)
+    other = NCAccumulator(num_classes=7, second_pass=second_pass)
+    for a, b in ((0, 150), (150, 230), (230, 400)):
+        (acc if a < 230 else other).update(h[a:b], y[a:b])
+    acc.merge(other)
+    for phase in (1, 2):
+        means, g = acc.class_means()
+        got = means.numpy()
+        assert np.array_equal(np.isnan(got).all(1), [False] * 4 + [True] + [False] * 2)
+        scale = 1e3 * (1e-7 if dtype == np.float32 else 1e-13)  # of the 1e3 offset
+        np.testing.assert_allclose(got[~np.isnan(got[:, 0])], want[[0, 1, 2, 3, 5, 6]],
+                                   rtol=0, atol=scale)
+        np.testing.assert_allclose(g.numpy(), h64.mean(0), rtol=0, atol=scale)
+        if phase == 1:  # the same in pass 2
+            acc.begin_second_pass()
+            for a, b in ((0, 230), (230, 400)):
+                acc.update(h[a:b], y[a:b])
+    assert acc.phase == 2
+
+
+def test_class_means_before_any_data_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="before any data"):
+        NCAccumulator(num_classes=3).class_means()

@@ -33,17 +33,6 @@ _F64 = torch.float64
 _STATE_VERSION = 2
 
 
-def _fingerprint(x: Any) -> torch.Tensor | None:
-    """Shape and three float64 moments of a classifier tensor (to recognise it again)."""
-    if x is None:
-        return None
-    t = V.as_tensor(x, "classifier").detach().to("cpu", _F64)
-    flat = t.reshape(-1)
-    ramp = torch.linspace(-1.0, 1.0, flat.numel(), dtype=_F64)
-    return torch.tensor([*t.shape, float(flat.sum()), float(flat @ flat), float(flat @ ramp)],
-                        dtype=_F64)
-
-
 class NCAccumulator:
     """Streaming, mergeable neural-collapse statistics over one or two passes of the data.
 
@@ -87,7 +76,7 @@ class NCAccumulator:
                          "track_spread": not self.second_pass or self.full_covariance,
                          "classify_pass1": not self.second_pass}
         self._specs1 = S.enabled(S.PASS1, self._options)
-        self._prints = {k: _fingerprint(v) for k, v in
+        self._prints = {k: S.fingerprint(v) for k, v in
                         (("weight", weight), ("bias", bias), ("ncc_means", ncc_means))}
         self.reset()
 
@@ -304,6 +293,22 @@ class NCAccumulator:
         self._ood_metric(out, st)
         return out
 
+    def class_means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float64 class means (C, d) of the data seen so far (NaN rows for classes without
+        samples) and the global mean (d,), in any pass; synced like ``compute()``."""
+        self._check_usable()
+        if self.dim is None:
+            raise RuntimeError("class_means() before any data: call update(features, labels) "
+                               "first")
+        if self.phase == 1:
+            self.sync()
+        st = self._state
+        n = st["counts"].to(_F64)
+        means = st["shift"] + st["sums"] / n[:, None]
+        g = (st["sums"].sum(0) + n @ st["shift"]) / n.sum()
+        means[n == 0] = float("nan")
+        return means, g
+
     def _means_metrics(self, out: NCMetrics, st: MeanStats, clf: Classifier | None) -> None:
         pm = st.pairs
         out.equinorm_means, out.equiangular_means = pm.equinorm, pm.equiangular
@@ -385,26 +390,13 @@ class NCAccumulator:
 
     # ------------------------------------------------------------------ combining
 
-    def _check_same_classifier(self, prints: dict, what: str) -> None:
-        for key, mine in self._prints.items():
-            theirs = prints.get(key)
-            same = (mine is None and theirs is None) or (
-                mine is not None and theirs is not None and mine.shape == theirs.shape
-                and bool(torch.allclose(mine, theirs, rtol=1e-12, atol=0.0)))
-            if not same:
-                raise ValueError(
-                    f"{what} with a different {key} ({_describe(theirs)}) than this "
-                    f"accumulator's ({_describe(mine)}); construct the accumulator with the "
-                    f"same weight, bias and ncc_means"
-                )
-
     def merge(self, other: NCAccumulator) -> None:
         """Add ``other``'s data to this accumulator, exactly (both in the same pass)."""
         if not isinstance(other, NCAccumulator):
             raise TypeError(f"merge() takes an NCAccumulator, got {type(other).__name__}")
         self._check_usable()
         other._check_usable()
-        self._check_same_classifier(other._prints, "cannot merge an accumulator made")
+        S.check_same_classifier(self._prints, other._prints, "cannot merge an accumulator made")
         if other.dim is None:
             return
         if self.dim is None:
@@ -478,7 +470,7 @@ class NCAccumulator:
             raise ValueError(f"state was saved with options {sd['options']}, this accumulator "
                              f"has {self._options}; construct it the same way "
                              f"(full_covariance, second_pass)")
-        self._check_same_classifier(sd["classifier"], "state was saved")
+        S.check_same_classifier(self._prints, sd["classifier"], "state was saved")
         self.reset()
         if sd["dim"] is None:
             return
@@ -492,9 +484,3 @@ class NCAccumulator:
             self.phase = 2
             self._state2 = S.check_state(sd["pass2"], self._specs2, {"C": c, "d": d}, dev)
 
-
-def _describe(fp: torch.Tensor | None) -> str:
-    if fp is None:
-        return "none"
-    shape = "x".join(str(int(v)) for v in fp[:-3])
-    return f"shape {shape}, sum {float(fp[-3]):.6g}"

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ncollapse import validation as V
+
 __all__ = ["Spec", "PASS1", "PASS2", "enabled", "new_state", "merge_state", "sync_state",
-           "check_state"]
+           "check_state", "fingerprint", "check_same_classifier"]
 
 _F64, _I64 = torch.float64, torch.int64
 
@@ -190,3 +193,40 @@ def _sync_group(st: dict, k: dict[str, str]) -> None:
         dist.all_reduce(sc)
         st[k["chan_scatter"]] = sc
     st[shift], st[seen], st[cnt], st[sm] = common, owner < world, counts, sums
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def fingerprint(x: Any) -> torch.Tensor | None:
+    """Shape and three float64 moments of a classifier tensor (to recognise it again: saved
+    with the state, compared by ``merge`` and ``load_state_dict``)."""
+    if x is None:
+        return None
+    t = V.as_tensor(x, "classifier").detach().to("cpu", _F64)
+    flat = t.reshape(-1)
+    ramp = torch.linspace(-1.0, 1.0, flat.numel(), dtype=_F64)
+    return torch.tensor([*t.shape, float(flat.sum()), float(flat @ flat), float(flat @ ramp)],
+                        dtype=_F64)
+
+
+def check_same_classifier(mine: dict, theirs: dict, what: str) -> None:
+    """Raise unless the fingerprints ``theirs`` (weight, bias, ncc_means) match ``mine``."""
+    for key, fp in mine.items():
+        other = theirs.get(key)
+        same = (fp is None and other is None) or (
+            fp is not None and other is not None and fp.shape == other.shape
+            and bool(torch.allclose(fp, other, rtol=1e-12, atol=0.0)))
+        if not same:
+            raise ValueError(
+                f"{what} with a different {key} ({_describe(other)}) than this "
+                f"accumulator's ({_describe(fp)}); construct the accumulator with the "
+                f"same weight, bias and ncc_means"
+            )
+
+
+def _describe(fp: torch.Tensor | None) -> str:
+    if fp is None:
+        return "none"
+    shape = "x".join(str(int(v)) for v in fp[:-3])
+    return f"shape {shape}, sum {float(fp[-3]):.6g}"

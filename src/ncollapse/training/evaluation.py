@@ -18,8 +18,6 @@ from ncollapse.config import TrainConfig
 from ncollapse.metrics import (
     NCAccumulator,
     NCMetrics,
-    class_means,
-    measure,
     mse_decomposition,
 )
 from ncollapse.validation import user_stacklevel
@@ -72,9 +70,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInf
     bad = torch.tensor([_count_nonfinite([f, z])], dtype=torch.float64, device=x.device)
     if float(D.all_reduce_sum(bad, info)[0]) > 0:  # every rank agrees, so none waits alone
         raise TrainingDiverged("the features or logits became NaN/Inf")
+    acc = _accumulator(model, num_classes, info, ncc_means)
     try:
-        result.metrics = _nc_metrics(model, f, z, labels_all, num_classes, info,
-                                     ncc_means=ncc_means)
+        result.metrics = _nc_metrics(acc, f, z, labels_all)
     except ValueError as exc:
         # The features are finite (checked above), so this is geometry the metrics cannot
         # define (e.g. every feature 0 after dead ReLUs): recorded as undefined (null), and the
@@ -83,8 +81,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: D.DistInf
                       stacklevel=2)
         result.metrics = {**dict.fromkeys(NCMetrics.field_names()), "num_classes": num_classes,
                           "num_samples": int(labels_all.numel()), "dim": int(f.shape[1])}
-    if means:
-        result.means, result.global_mean = _class_means(f, labels_all, num_classes, info)
+    if means:  # the measurement's own float64 means (zero rows for classes without samples)
+        mu, result.global_mean = acc.class_means()
+        result.means = torch.nan_to_num(mu, nan=0.0)
     result.features, result.labels = f, labels_all
     return result
 
@@ -178,43 +177,25 @@ def _joined(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else empty
 
 
-def _nc_metrics(model: nn.Module, f: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-                num_classes: int, info: D.DistInfo, *, ncc_means: torch.Tensor | None = None
-                ) -> dict[str, Any]:
-    """NCMetrics of this split (features ``f``, logits ``z``, labels ``y``) as a dict.
-
-    One process: :func:`ncollapse.measure` on the features in memory. Several: each rank
-    feeds its shard to ``NCAccumulator``, whose ``begin_second_pass()`` and ``compute()``
-    all-reduce the statistics (exactly) across ranks.
-    """
+def _accumulator(model: nn.Module, num_classes: int, info: D.DistInfo,
+                 ncc_means: torch.Tensor | None) -> NCAccumulator:
+    """A two-pass accumulator for the model's classifier (synced across ranks when
+    distributed)."""
     weight = model.classifier.weight.detach()
     bias = model.classifier.bias
-    bias = None if bias is None else bias.detach()
-    if info.distributed:
-        acc = NCAccumulator(num_classes=num_classes, weight=weight, bias=bias,
-                            ncc_means=ncc_means)
-        if len(y):  # a rank may hold no samples (fewer samples than processes)
-            acc.update(f, y, z)
-        acc.begin_second_pass()
-        if len(y):
-            acc.update(f, y, z)
-        return acc.compute().to_dict()
-    return measure(f, y, weight=weight, bias=bias, num_classes=num_classes, logits=z,
-                   ncc_means=ncc_means).to_dict()
+    return NCAccumulator(num_classes=num_classes, weight=weight,
+                         bias=None if bias is None else bias.detach(), ncc_means=ncc_means,
+                         second_pass=True, distributed=info.distributed)
 
 
-def _class_means(f: torch.Tensor, y: torch.Tensor, num_classes: int, info: D.DistInfo
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 class means (C, d) and global mean of the split (per-rank means of
-    :func:`ncollapse.metrics.class_means`, combined across ranks by their counts), for the
-    snapshots and as the test split's NCC centres. A class without samples gets a zero row."""
-    means, counts = class_means(f, y, num_classes)
-    counts = counts.to(torch.float64)
-    if info.distributed:
-        sums = torch.nan_to_num(means, nan=0.0) * counts[:, None]
-        both = torch.cat([sums, counts.unsqueeze(1)], dim=1)
-        D.all_reduce_sum(both, info)
-        sums, counts = both[:, :-1], both[:, -1]
-        means = sums / counts.clamp_min(1).unsqueeze(1)
-    means = torch.nan_to_num(means, nan=0.0)
-    return means, (means * counts[:, None]).sum(0) / counts.sum()
+def _nc_metrics(acc: NCAccumulator, f: torch.Tensor, z: torch.Tensor, y: torch.Tensor
+                ) -> dict[str, Any]:
+    """NCMetrics of this split (features ``f``, logits ``z``, labels ``y``) as a dict: both
+    passes of ``acc`` over the split; under torch.distributed each rank feeds its shard and
+    ``begin_second_pass()`` and ``compute()`` all-reduce the statistics (exactly)."""
+    if len(y):  # a rank may hold no samples (fewer samples than processes)
+        acc.update(f, y)  # pass 1: the means (the logits decide in pass 2)
+    acc.begin_second_pass()
+    if len(y):
+        acc.update(f, y, z)
+    return acc.compute().to_dict()
