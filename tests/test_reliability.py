@@ -420,20 +420,24 @@ def test_coinciding_class_means_do_not_stop_training(tmp_path, monkeypatch):
 
 
 def test_a_measurement_the_metrics_cannot_define_is_null_with_a_warning(tmp_path, monkeypatch):
-    """Whatever geometry measure() refuses on finite features, training records the
-    measurement as undefined, says why, and goes on."""
-    import ncollapse.training.evaluation as evaluation
+    """Whatever geometry the metrics refuse on finite features, training records the
+    measurement as undefined, says why, and goes on (the snapshot keeps its class means)."""
+    from ncollapse import NCAccumulator
 
     def refuses(*args, **kwargs):
         raise ValueError("class means coincide")
 
-    monkeypatch.setattr(evaluation, "measure", refuses)
+    monkeypatch.setattr(NCAccumulator, "compute", refuses)
     with pytest.warns(UserWarning, match=r"NC metrics not defined at this measurement \(class "
                                          r"means coincide\); recorded as null"):
         train(tiny(epochs=2, num_measurements=2, measure_test=False), out=tmp_path / "r",
               progress=False)
     run = load_run(tmp_path / "r")
     assert run.state == "finished" and [r["train"]["nc1"] for r in run.metrics] == [None, None]
+    from ncollapse.rundir.reader import load_snapshot
+
+    means = load_snapshot(run.snapshots[max(run.snapshots)])["means"]
+    assert means.shape == (10, 16) and bool((abs(means).sum(1) > 0).all())
 
 
 def test_measure_of_coinciding_means_is_a_result_with_one_warning():
