@@ -41,21 +41,43 @@ def classify(clf: Classifier, hc: torch.Tensor, g: torch.Tensor, beta: torch.Ten
     dtype), over class tiles; rows within rounding of a tie are decided in float64.
     ``znorm``: an upper bound of ||h - g|| per row (computed when not given); ``low``:
     bfloat16 copies of W^T and beta (``low_precision``)."""
-    if znorm is None or low is None or not low.on:
-        z = hc - g
-    else:  # rounded once, straight to bfloat16 (within the bound of ``low``)
-        z = torch.sub(hc, g, out=torch.empty(hc.shape, dtype=low.dtype, device=hc.device))
+    z = _centred(hc, g, None if znorm is None else low)
     if znorm is None:
         znorm = torch.linalg.vector_norm(z, dim=1)
     scale = beta_max + clf.wmax * znorm
-    g64 = g.to(_F64)
-
-    def exact(rows: torch.Tensor):
-        return hc[rows].to(_F64) - g64, clf.weight.T, clf.offsets(g64)
-
     c = clf.weight.shape[0]
     return checked_best(z, clf.wt, beta, True, class_tile(z.shape[0], c, tile), scale, tol,
-                        exact, low=low)
+                        _logits_exact(clf, hc, g), low=low)
+
+
+def _centred(hc: torch.Tensor, g: torch.Tensor, low: LowPrecision | None) -> torch.Tensor:
+    """h - g in the compute dtype, or (``low`` on) rounded once, straight to bfloat16 (within
+    the bound of ``low``)."""
+    if low is None or not low.on:
+        return hc - g
+    return torch.sub(hc, g, out=torch.empty(hc.shape, dtype=low.dtype, device=hc.device))
+
+
+def _logits_exact(clf: Classifier, hc: torch.Tensor, g: torch.Tensor):
+    """rows -> the float64 (h - g, W^T, W g + b) of the logits, for re-deciding near ties."""
+    g64 = g.to(_F64)
+    return lambda rows: (hc[rows].to(_F64) - g64, clf.weight.T, clf.offsets(g64))
+
+
+def _ncc_exact(tab: Pass2Tables, hc: torch.Tensor):
+    """rows -> the float64 (h - o, -2 (centre_c - o)^T, ||centre_c - o||^2) of the
+    nearest-centre scores (o: g for given centres, mu_G for the class means), for re-deciding
+    near ties; -2 (centre - o)^T is built on first use."""
+    given = tab.nu_t is not None
+    origin = tab.g.to(_F64) if given else tab.stats.mu_g
+
+    def exact(rows: torch.Tensor):
+        if tab.mt_m2 is None:
+            tab.mt_m2 = -2.0 * (tab.nu64 if given else tab.stats.mt).T
+        q = (tab.nu64 * tab.nu64).sum(1) if given else tab.q64
+        return hc[rows].to(_F64) - origin, tab.mt_m2, q
+
+    return exact
 
 
 def low_precision(cache: dict, key: str, mat: torch.Tensor, offset: torch.Tensor | None,
@@ -276,7 +298,6 @@ class _Joint:
     offset: torch.Tensor  # (C + m,) compute dtype
     classes: int  # C
     centre_max: float  # max_c ||centre_c - g||
-    exact_ncc: object  # rows -> (z64, mat64, offset64) for the nearest-centre head
 
 
 def _joint_wanted(tab: Pass2Tables, yc: torch.Tensor, open_rows: torch.Tensor | None,
@@ -302,26 +323,15 @@ def _joint(tab: Pass2Tables, clf: Classifier, beta: torch.Tensor, ct: torch.dtyp
         d, c = clf.wt.shape
         m = tab.stats.cp if tab.nu_t is None else tab.nu_t.shape[1]
         if c + m <= 8192 and (tab.nu_t is not None or 4 * tab.k >= 3 * d):
-            g64 = tab.g.to(_F64)
             if tab.nu_t is not None:
                 cm, q, cmax = tab.nu_t, tab.nu_q, tab.nu_max
-                nu64 = tab.nu64
-
-                def exact(rows: torch.Tensor, hc: torch.Tensor):
-                    return hc[rows].to(_F64) - g64, -2.0 * nu64.T, (nu64 * nu64).sum(1)
             else:
-                mg = tab.stats.mt + (tab.stats.mu_g - g64)  # centre_c - g, float64
+                mg = tab.stats.mt + (tab.stats.mu_g - tab.g.to(_F64))  # centre_c - g
                 cm, q = (-2.0 * mg).to(ct).T, tab.q
                 cmax = float(torch.linalg.vector_norm(mg, dim=1).max())
                 del mg
-                stats = tab.stats
-
-                def exact(rows: torch.Tensor, hc: torch.Tensor):
-                    if tab.mt_m2 is None:
-                        tab.mt_m2 = -2.0 * stats.mt.T
-                    return hc[rows].to(_F64) - stats.mu_g, tab.mt_m2, tab.q64
             tab.joint = _Joint(torch.cat([clf.wt, cm], dim=1).T.contiguous().T,
-                               torch.cat([beta, q]), c, cmax, exact)
+                               torch.cat([beta, q]), c, cmax)
     return tab.joint or None
 
 
@@ -331,20 +341,12 @@ def _decide_joint(j: _Joint, tab: Pass2Tables, clf: Classifier, hc: torch.Tensor
     """(nearest-centre, classifier) decisions (class ids) of a chunk from the joint product."""
     low = low_precision(tab.low, "joint", j.mat, j.offset, tab.tol)
     znorm = xn + torch.index_select(tab.ag_norm, 0, yc)  # >= ||h - g||
-    if low is None or not low.on:
-        z = hc - tab.g
-    else:  # rounded once, straight to bfloat16 (within the bound of ``low``)
-        z = torch.sub(hc, tab.g, out=torch.empty(hc.shape, dtype=low.dtype, device=hc.device))
-    g64 = tab.g.to(_F64)
-
-    def exact_clf(rows: torch.Tensor):
-        return hc[rows].to(_F64) - g64, clf.weight.T, clf.offsets(g64)
-
     c, cols = j.classes, j.mat.shape[1]
-    heads = [Head(0, c, True, beta_max + clf.wmax * znorm, tab.tol, exact_clf),
+    heads = [Head(0, c, True, beta_max + clf.wmax * znorm, tab.tol,
+                  _logits_exact(clf, hc, tab.g)),
              Head(c, cols, False, tab.q_max + 2.0 * j.centre_max * znorm, tab.tol,
-                  lambda rows: j.exact_ncc(rows, hc))]
-    pred, near = joint_best(z, j.mat, j.offset, heads, low, work)
+                  _ncc_exact(tab, hc))]
+    pred, near = joint_best(_centred(hc, tab.g, low), j.mat, j.offset, heads, low, work)
     if tab.nu_t is None:
         near = torch.index_select(tab.stats.present, 0, near)
     return near, pred
@@ -401,19 +403,12 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
     """Nearest-class-centre decisions (class ids) of a chunk, exact. ``proj`` = x V S^-1, or
     None (then the rows left open by ||x|| >= ||x V|| are projected)."""
     if tab.nu_t is not None:
-        g64 = tab.g.to(_F64)  # given centres: scores ||nu_c - g||^2 - 2 (h - g).(nu_c - g)
-        z = hc - tab.g
+        z = hc - tab.g  # given centres: scores ||nu_c - g||^2 - 2 (h - g).(nu_c - g)
         scale = tab.q_max + 2.0 * tab.nu_max * torch.linalg.vector_norm(z, dim=1)
-
-        def exact_nu(rows: torch.Tensor):
-            if tab.mt_m2 is None:
-                tab.mt_m2 = -2.0 * tab.nu64.T
-            return hc[rows].to(_F64) - g64, tab.mt_m2, (tab.nu64 * tab.nu64).sum(1)
-
         return checked_best(z, tab.nu_t, tab.nu_q, False,
                             class_tile(z.shape[0], tab.nu_t.shape[1], tile), scale, tab.tol,
-                            exact_nu, low=low_precision(tab.low, "ncc", tab.nu_t, tab.nu_q,
-                                                        tab.tol))
+                            _ncc_exact(tab, hc),
+                            low=low_precision(tab.low, "ncc", tab.nu_t, tab.nu_q, tab.tol))
     pred = yc.clone()
     rad = torch.index_select(tab.radius, 0, yc)
     unc = torch.nonzero(xn >= rad).flatten()  # ||x|| >= ||x V||: the others are decided
@@ -430,16 +425,10 @@ def _ncc(tab: Pass2Tables, hc: torch.Tensor, yc: torch.Tensor, x: torch.Tensor,
         t = pu.add_(torch.index_select(tab.a_table, 0, yu))
         scale = tab.q_max + 2.0 * tab.su_max * torch.linalg.vector_norm(t, dim=1)
         dropped = 2.0 * tab.s_drop * (xn if every else xn[unc])  # the dropped spectrum
-
-        def exact(rows: torch.Tensor):
-            if tab.mt_m2 is None:
-                tab.mt_m2 = -2.0 * tab.stats.mt.T
-            return hu[rows].to(_F64) - tab.stats.mu_g, tab.mt_m2, tab.q64
-
         idx = checked_best(t, tab.su_t, tab.q, False,
                            class_tile(t.shape[0], tab.su_t.shape[1], tile), scale, tab.tol,
-                           exact, dropped, low_precision(tab.low, "ncc", tab.su_t, tab.q,
-                                                         tab.tol))
+                           _ncc_exact(tab, hu), dropped,
+                           low_precision(tab.low, "ncc", tab.su_t, tab.q, tab.tol))
         if every:
             return torch.index_select(tab.stats.present, 0, idx)
         pred[unc] = tab.stats.present[idx]
